@@ -1,0 +1,1 @@
+//! Benches live in benches/*.rs: `cargo bench -p radserve-benches`.

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as a new user or CI runs it: `bash scripts/test.sh`.
+# Installs missing system and Python packages, then checks formatting and lints, then runs
+# every test of the workspace (unit, integration and end-to-end against the real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "test.sh: cargo not found; install Rust (rustup, stable >= 1.85) first" >&2
+    exit 1
+fi
+# dcmtk waits ~40 ms per message on Nagle's algorithm unless told otherwise.
+export TCP_NODELAY=1
+# The wgpu tests run on lavapipe when there is no GPU; its loader wants a runtime dir.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

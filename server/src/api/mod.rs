@@ -1,0 +1,144 @@
+//! The HTTP side: one axum [`Router`] for the whole server.
+//!
+//! - [`health`]: `/health/live` and `/health/ready` (no authentication, by contract);
+//! - `/metrics` ([`crate::metrics`]);
+//! - DICOMweb under `/dicomweb` ([`crate::dicomweb`]);
+//! - `/api/v1/audit` ([`audit`]) and `/api/v1/openapi.json` ([`openapi`]).
+//!
+//! Every route goes through [`crate::auth::require`] (bearer tokens, roles, audit; the
+//! health probes are public in its table) and [`crate::metrics::track_http`]. Every other
+//! path answers 404 and every other method 405, both with a JSON body `{"error": "..."}`
+//! like all our errors.
+
+pub mod audit;
+pub mod health;
+pub mod openapi;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::auth::{self, Auth};
+use crate::config::Settings;
+use crate::store::Archive;
+
+/// What the handlers share. Cheap to clone (the archive and settings are shared).
+#[derive(Clone)]
+pub struct AppState {
+    /// The data directory (readiness checks that it is writable).
+    pub data_dir: PathBuf,
+    pub archive: Archive,
+    pub settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, archive: Archive) -> Self {
+        AppState {
+            data_dir: settings.data.clone(),
+            archive,
+            settings: Arc::new(settings.clone()),
+        }
+    }
+
+    /// The largest request body accepted (`http.max_body_mb`), in bytes.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.settings.http.max_body_mb.saturating_mul(1 << 20)
+    }
+}
+
+/// Handlers written against `State<Arc<AppState>>` keep working.
+impl FromRef<AppState> for Arc<AppState> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::new(state.clone())
+    }
+}
+
+/// Builds the router. `max_body_bytes` bounds every buffered request body (STOW-RS
+/// streams its body and enforces the same bound itself).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let auth = Auth::from_env(state.archive.clone());
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .merge(crate::metrics::routes())
+        .merge(audit::routes(auth.clone()))
+        .merge(openapi::routes())
+        .nest("/dicomweb", crate::dicomweb::routes())
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// An error answered as `{"error": message}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_ACCEPTABLE, message)
+    }
+
+    /// A failure of ours (store, task): logged here with its detail, answered as 500.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "{context}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{context}: internal error"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no route for {method} {}", uri.path()),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("method {method} not allowed on {}", uri.path()),
+    }
+}

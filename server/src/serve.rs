@@ -1,0 +1,281 @@
+//! `radserve serve`: create the data directory, bind the DIMSE and HTTP listeners,
+//! announce them, run until shutdown.
+//!
+//! [`Server::bind`] does everything that can fail at start, so that once
+//! [`Server::listening_line`] is printed the ports are open; [`Server::run`] serves until
+//! the given shutdown future resolves (in the binary: SIGINT or SIGTERM, see
+//! [`crate::shutdown::signal`]).
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::dimse;
+use crate::shutdown;
+use crate::store::{self, Archive, ArchiveConfig};
+
+/// Both listeners bind on every IPv4 interface: a PACS forwards from another host.
+pub const BIND_ADDRESS: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+/// After shutdown is requested, the server stops within this long whatever is running.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create data directory {}: {reason}", path.display())]
+    DataDir {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("cannot listen for {service} on {addr}: {reason}")]
+    Bind {
+        service: &'static str,
+        addr: SocketAddr,
+        reason: std::io::Error,
+    },
+    #[error("cannot open the archive in {}: {reason}", path.display())]
+    Archive {
+        path: PathBuf,
+        reason: store::StoreError,
+    },
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// A server whose listeners are bound, ready to [`run`](Server::run).
+pub struct Server {
+    settings: Settings,
+    /// Shared by DIMSE and HTTP (cheap to clone).
+    archive: Archive,
+    dicom: TcpListener,
+    http: TcpListener,
+    dicom_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("dicom_addr", &self.dicom_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Creates the data directory, opens the archive and binds both listeners (port 0:
+    /// a free port).
+    pub async fn bind(settings: Settings) -> Result<Server, ServeError> {
+        tokio::fs::create_dir_all(&settings.data)
+            .await
+            .map_err(|reason| ServeError::DataDir {
+                path: settings.data.clone(),
+                reason,
+            })?;
+        let archive = Archive::open(ArchiveConfig {
+            data_dir: settings.data.clone(),
+            duplicate_policy: settings.store.duplicate_policy,
+        })
+        .await
+        .map_err(|reason| ServeError::Archive {
+            path: settings.data.clone(),
+            reason,
+        })?;
+        let (dicom, dicom_addr) = listen("DICOM", settings.dicom.port).await?;
+        let (http, http_addr) = listen("HTTP", settings.http.port).await?;
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            data = %settings.data.display(),
+            config = ?settings.config_file,
+            device = %settings.device,
+            ae_title = %settings.dicom.ae_title,
+            dicom_port = dicom_addr.port(),
+            http_port = http_addr.port(),
+            "radserve listening"
+        );
+        Ok(Server {
+            settings,
+            archive,
+            dicom,
+            http,
+            dicom_addr,
+            http_addr,
+        })
+    }
+
+    pub fn dicom_addr(&self) -> SocketAddr {
+        self.dicom_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The line printed on stdout once the ports are open (a contract with tools):
+    /// `listening dicom=<port> http=<port>`.
+    pub fn listening_line(&self) -> String {
+        format!(
+            "listening dicom={} http={}",
+            self.dicom_addr.port(),
+            self.http_addr.port()
+        )
+    }
+
+    /// Serves DIMSE and HTTP until `shutdown` resolves, then stops accepting, lets
+    /// running work finish (bounded by [`SHUTDOWN_LIMIT`]) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Server {
+            settings,
+            archive,
+            dicom,
+            http,
+            ..
+        } = self;
+        let (trigger, handle) = shutdown::channel();
+
+        let dimse = dimse::serve(
+            dicom,
+            Arc::new(settings.dicom.clone()),
+            archive.clone(),
+            handle.clone(),
+        );
+
+        let max_body_bytes = usize::try_from(settings.http.max_body_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX);
+        let app = api::router(AppState::new(&settings, archive.clone()), max_body_bytes);
+        let mut http_stop = handle.clone();
+        let http = async move {
+            // Connect info: the auth middleware records the client address in audits.
+            axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_stop.requested().await })
+            .await
+            .map_err(ServeError::Http)?;
+            info!("HTTP listener stopped");
+            Ok(())
+        };
+
+        let both = async {
+            let (http, ()) = tokio::join!(http, dimse);
+            http
+        };
+        tokio::pin!(both);
+        tokio::select! {
+            ended = &mut both => return ended,
+            () = shutdown => {}
+        }
+        trigger.fire();
+        match tokio::time::timeout(SHUTDOWN_LIMIT, both).await {
+            Ok(result) => {
+                info!("radserve stopped");
+                result
+            }
+            Err(_) => {
+                warn!(
+                    "still busy {}s after shutdown was requested; stopping anyway",
+                    SHUTDOWN_LIMIT.as_secs()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn listen(service: &'static str, port: u16) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let addr = SocketAddr::from((BIND_ADDRESS, port));
+    let bind_error = |reason| ServeError::Bind {
+        service,
+        addr,
+        reason,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(data: PathBuf, dicom_port: u16, http_port: u16) -> Settings {
+        let mut settings = Settings {
+            data,
+            ..Settings::default()
+        };
+        settings.dicom.port = dicom_port;
+        settings.http.port = http_port;
+        settings
+    }
+
+    #[tokio::test]
+    async fn binds_free_ports_creates_the_data_dir_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(settings(dir.path().join("nested/data"), 0, 0))
+            .await
+            .unwrap();
+        assert!(dir.path().join("nested/data").is_dir());
+        let (dicom, http) = (server.dicom_addr().port(), server.http_addr().port());
+        assert_ne!(dicom, 0);
+        assert_ne!(http, 0);
+        assert_eq!(
+            server.listening_line(),
+            format!("listening dicom={dicom} http={http}")
+        );
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        tokio::net::TcpStream::connect(("127.0.0.1", http))
+            .await
+            .unwrap();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stops promptly")
+            .unwrap()
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", dicom))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_a_port_in_use() {
+        let taken = std::net::TcpListener::bind((BIND_ADDRESS, 0)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = Server::bind(settings(dir.path().to_owned(), port, 0))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot listen for DICOM on 0.0.0.0:"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_an_uncreatable_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = Server::bind(settings(file.join("data"), 0, 0))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot create data directory"), "{err}");
+    }
+}

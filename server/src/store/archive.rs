@@ -1,0 +1,502 @@
+//! [`Archive`]: the store's front door — uploads, puts with the duplicate policy, queries,
+//! retrieval, readiness, and auth/audit persistence.
+//!
+//! A put: the upload is a temp file under `tmp/` (hashed while written); it is flushed
+//! and fsynced, parsed (up to Pixel Data), and then, under a lock striped by SOP Instance
+//! UID (so two puts of one UID never interleave, and a blob is never garbage-collected
+//! while a put of the same content is in flight), the policy decides: a new instance is
+//! moved into the blob store (durable) and only then indexed (one transaction). After
+//! that, `put` returns. Different SOP Instance UIDs proceed in parallel.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::attributes;
+use super::blob::{BlobStore, FsBlobStore};
+use super::index::{
+    AuditRecord, Conflict, Index, InstanceRecord, NewToken, SqliteIndex, TokenRecord,
+};
+use super::query;
+use super::{
+    ArchiveConfig, AttributeSet, DuplicatePolicy, PutError, PutOutcome, Query, Scope, Source,
+    StoreError, StoredInstance,
+};
+
+/// Number of lock stripes for puts (by SOP Instance UID hash).
+const STRIPES: usize = 64;
+
+/// Cheap to clone (Arc inside); Send + Sync; used from many tokio tasks.
+#[derive(Clone)]
+pub struct Archive {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ArchiveConfig,
+    tmp_dir: PathBuf,
+    blobs: Arc<dyn BlobStore>,
+    index: Arc<dyn Index>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// An instance being received: a temporary file under `tmp/`, deleted if the upload is
+/// dropped or refused. Boxed inside so that it moves cheaply through callers' enums.
+pub struct Upload {
+    inner: Box<UploadInner>,
+}
+
+struct UploadInner {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    path: tempfile::TempPath,
+    hasher: Sha256,
+    len: u64,
+    /// Set when the header could not be built (bad UIDs from the command): `put` refuses.
+    invalid: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn source_text(source: &Source) -> String {
+    match source {
+        Source::Dimse {
+            calling_ae_title,
+            peer,
+        } => format!("dimse:{calling_ae_title}@{peer}"),
+        Source::Stow { user, peer } => match peer {
+            Some(p) => format!("stow:{user}@{p}"),
+            None => format!("stow:{user}"),
+        },
+    }
+}
+
+fn policy_name(p: DuplicatePolicy) -> &'static str {
+    match p {
+        DuplicatePolicy::KeepFirst => "keep_first",
+        DuplicatePolicy::Replace => "replace",
+        DuplicatePolicy::Reject => "reject",
+    }
+}
+
+/// Removes every file left in `tmp/` by a previous run (uploads never finished).
+fn clean_tmp(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+impl Archive {
+    /// Creates the directories, opens the index (running migrations), empties `tmp/` and
+    /// removes orphan blobs (written before a crash, never committed to the index).
+    pub async fn open(config: ArchiveConfig) -> Result<Archive, StoreError> {
+        let tmp_dir = config.data_dir.join("tmp");
+        let blob_dir = config.data_dir.join("blobs");
+        tokio::fs::create_dir_all(&tmp_dir).await?;
+        let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(blob_dir)?);
+        let index: Arc<dyn Index> =
+            Arc::new(SqliteIndex::open(&config.data_dir.join("index.sqlite")).await?);
+        let tmp = tmp_dir.clone();
+        let cleaned = tokio::task::spawn_blocking(move || clean_tmp(&tmp))
+            .await
+            .map_err(|e| StoreError::Index(format!("tmp cleanup task: {e}")))??;
+        let referenced = index.blob_keys().await?;
+        let mut orphans = 0usize;
+        for key in blobs.keys().await? {
+            if !referenced.contains(&key) {
+                blobs.delete(&key).await?;
+                orphans += 1;
+            }
+        }
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            instances = referenced.len(),
+            tmp_files_removed = cleaned,
+            orphan_blobs_removed = orphans,
+            "archive opened"
+        );
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Archive {
+            inner: Arc::new(Inner {
+                config,
+                tmp_dir,
+                blobs,
+                index,
+                stripes,
+            }),
+        })
+    }
+
+    async fn new_upload(&self) -> Result<Upload, StoreError> {
+        let tmp_dir = self.inner.tmp_dir.clone();
+        let named = tokio::task::spawn_blocking(move || {
+            tempfile::Builder::new().prefix("up-").tempfile_in(tmp_dir)
+        })
+        .await
+        .map_err(|e| StoreError::Index(format!("upload task: {e}")))??;
+        let (file, path) = named.into_parts();
+        Ok(Upload {
+            inner: Box::new(UploadInner {
+                file: tokio::io::BufWriter::with_capacity(
+                    256 * 1024,
+                    tokio::fs::File::from_std(file),
+                ),
+                path,
+                hasher: Sha256::new(),
+                len: 0,
+                invalid: None,
+            }),
+        })
+    }
+
+    /// An upload that already holds the Part 10 preamble + file meta group built from a
+    /// DIMSE C-STORE's AffectedSOPClassUID / AffectedSOPInstanceUID and the context's
+    /// transfer syntax; the caller then streams the dataset bytes with [`Upload::write`].
+    pub async fn begin_dataset_upload(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax_uid: &str,
+        source_ae_title: &str,
+    ) -> Result<Upload, StoreError> {
+        let mut upload = self.new_upload().await?;
+        let trim = |s: &str| s.trim_matches(|c: char| c == ' ' || c == '\0').to_owned();
+        let mut builder = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(trim(sop_class_uid))
+            .media_storage_sop_instance_uid(trim(sop_instance_uid))
+            .transfer_syntax(trim(transfer_syntax_uid));
+        let ae = source_ae_title.trim();
+        if !ae.is_empty() && ae.len() <= 16 {
+            builder = builder.source_application_entity_title(ae);
+        }
+        let mut header = vec![0u8; 128];
+        header.extend_from_slice(b"DICM");
+        match builder.build().map(|meta| meta.write(&mut header)) {
+            Ok(Ok(())) => {
+                upload.write_raw(&header).await?;
+            }
+            Ok(Err(e)) => upload.inner.invalid = Some(format!("cannot write file meta: {e}")),
+            Err(e) => upload.inner.invalid = Some(format!("invalid command attributes: {e}")),
+        }
+        Ok(upload)
+    }
+
+    /// An upload for a complete Part 10 file (a STOW-RS part), streamed with `write`.
+    pub async fn begin_file_upload(&self) -> Result<Upload, StoreError> {
+        self.new_upload().await
+    }
+
+    fn stripe(&self, sop_instance_uid: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = DefaultHasher::new();
+        sop_instance_uid.hash(&mut h);
+        &self.inner.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// Validates, stores and indexes an upload, applying the duplicate policy (see
+    /// [`super::DuplicatePolicy`]). Returns only after the blob is durable and the index
+    /// transaction committed; on `Err` nothing is left behind.
+    pub async fn put(&self, upload: Upload, source: &Source) -> Result<PutOutcome, PutError> {
+        let UploadInner {
+            mut file,
+            path,
+            hasher,
+            invalid,
+            ..
+        } = *upload.inner;
+        if let Some(reason) = invalid {
+            return Err(PutError::Invalid(reason));
+        }
+        file.flush().await.map_err(StoreError::from)?;
+        let file = file.into_inner();
+        file.sync_all().await.map_err(StoreError::from)?;
+        let size_bytes = file.metadata().await.map_err(StoreError::from)?.len();
+        drop(file);
+        let sha256 = hex(&hasher.finalize());
+
+        let parse_path = path.to_path_buf();
+        let attributes = tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
+            .await
+            .map_err(|e| StoreError::Index(format!("parse task: {e}")))?
+            .map_err(PutError::Invalid)?;
+
+        let sop = attributes.sop_instance_uid.clone();
+        let _guard = self.stripe(&sop).lock().await;
+        let record_source = source_text(source);
+        let policy = self.inner.config.duplicate_policy;
+        let existing = self.inner.index.find_instance(&sop).await?;
+        let mut record = InstanceRecord {
+            attributes,
+            blob_key: String::new(),
+            size_bytes,
+            sha256: sha256.clone(),
+            received_at: now(),
+            source: record_source.clone(),
+        };
+        let conflict = |existing: &StoredInstance, action: &str| Conflict {
+            sop_instance_uid: sop.clone(),
+            stored_sha256: existing.sha256.clone(),
+            received_sha256: sha256.clone(),
+            received_size: size_bytes,
+            policy: policy_name(policy).to_owned(),
+            action: action.to_owned(),
+            source: record_source.clone(),
+            at: now(),
+        };
+        match existing {
+            Some(existing) if existing.sha256 == sha256 => {
+                tracing::debug!(sop_instance_uid = %sop, "identical duplicate");
+                Ok(PutOutcome::Duplicate(existing))
+            }
+            Some(existing) if policy == DuplicatePolicy::KeepFirst => {
+                self.inner
+                    .index
+                    .record_conflict(&conflict(&existing, "kept_first"))
+                    .await?;
+                tracing::warn!(sop_instance_uid = %sop, "duplicate with different content: first copy kept");
+                Ok(PutOutcome::ConflictKeptFirst(existing))
+            }
+            Some(existing) if policy == DuplicatePolicy::Reject => {
+                self.inner
+                    .index
+                    .record_conflict(&conflict(&existing, "rejected"))
+                    .await?;
+                tracing::warn!(sop_instance_uid = %sop, "duplicate with different content: rejected");
+                Err(PutError::DuplicateRejected(sop))
+            }
+            Some(existing) => {
+                record.blob_key = self.store_blob(path, &sha256).await?;
+                self.inner
+                    .index
+                    .replace_instance(&record, &conflict(&existing, "replaced"))
+                    .await?;
+                if existing.blob_key != record.blob_key
+                    && !self
+                        .inner
+                        .index
+                        .blob_key_referenced(&existing.blob_key)
+                        .await?
+                {
+                    // Best effort: a leftover is an orphan that the next open removes.
+                    if let Err(e) = self.inner.blobs.delete(&existing.blob_key).await {
+                        tracing::warn!(error = %e, "could not delete replaced blob");
+                    }
+                }
+                tracing::info!(sop_instance_uid = %sop, "instance replaced");
+                Ok(PutOutcome::Replaced(record.stored()))
+            }
+            None => {
+                record.blob_key = self.store_blob(path, &sha256).await?;
+                if let Err(e) = self.inner.index.insert_instance(&record).await {
+                    // Not committed: the blob would be an orphan; remove it now (or on open).
+                    if let Err(e) = self.inner.blobs.delete(&record.blob_key).await {
+                        tracing::warn!(error = %e, "could not delete uncommitted blob");
+                    }
+                    return Err(e.into());
+                }
+                tracing::debug!(sop_instance_uid = %sop, size_bytes, "instance stored");
+                Ok(PutOutcome::Stored(record.stored()))
+            }
+        }
+    }
+
+    async fn store_blob(
+        &self,
+        path: tempfile::TempPath,
+        sha256: &str,
+    ) -> Result<String, StoreError> {
+        // Disarm the temp path: the blob store moves the file. On failure remove it here.
+        let staged = path.keep().map_err(|e| StoreError::Blob(e.error))?;
+        match self.inner.blobs.put(&staged, sha256).await {
+            Ok(key) => Ok(key),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// QIDO-RS / C-FIND (see [`super::query`] for the matching rules and what is returned).
+    /// Callers check keys with [`query::matchable_keys`] first; an unsupported key here is
+    /// an error.
+    pub async fn query(&self, query: &Query) -> Result<Vec<AttributeSet>, StoreError> {
+        query::check_keys(query).map_err(|e| StoreError::Index(e.to_string()))?;
+        self.inner.index.query(query).await
+    }
+
+    /// Instances of a study / series / one instance, ordered by SeriesNumber,
+    /// InstanceNumber. Empty when nothing matches.
+    pub async fn locate(&self, scope: &Scope) -> Result<Vec<StoredInstance>, StoreError> {
+        self.inner.index.locate(scope).await
+    }
+
+    /// The stored Part 10 file's bytes.
+    pub async fn read_blob(&self, instance: &StoredInstance) -> Result<Vec<u8>, StoreError> {
+        match self.inner.blobs.read(&instance.blob_key).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(
+                format!("blob of {}", instance.sop_instance_uid),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Readiness: the index answers and the blob dir is writable.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        self.inner.index.ping().await?;
+        self.inner.blobs.check_writable().await?;
+        Ok(())
+    }
+
+    pub async fn insert_token(&self, token: &NewToken) -> Result<i64, StoreError> {
+        self.inner.index.insert_token(token, &now()).await
+    }
+
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.index.find_token(token_hash).await
+    }
+
+    pub async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.inner.index.record_audit(record).await
+    }
+
+    /// Audit records, newest first.
+    pub async fn audit_records(
+        &self,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.index.audit_records(limit, offset).await
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+}
+
+impl Upload {
+    async fn write_raw(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.inner.hasher.update(chunk);
+        self.inner.file.write_all(chunk).await?;
+        Ok(())
+    }
+
+    /// Appends bytes to the upload.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.write_raw(chunk).await?;
+        self.inner.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written with [`Upload::write`] so far (callers enforce size bounds).
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+    use crate::store::{Include, QueryLevel};
+
+    /// A data set declaring ~2 GiB in a 12-byte header is refused before dicom-object
+    /// allocates it, fast, and leaves nothing in `tmp/`, `blobs/` or the index.
+    #[tokio::test]
+    async fn a_huge_declared_length_is_refused_quickly_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(ArchiveConfig {
+            data_dir: dir.path().to_owned(),
+            duplicate_policy: DuplicatePolicy::KeepFirst,
+        })
+        .await
+        .unwrap();
+        let mut bomb = vec![0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0];
+        bomb.extend_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
+        bomb.push(0);
+        let source = Source::Dimse {
+            calling_ae_title: "BOMB".to_owned(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        let started = std::time::Instant::now();
+        let mut upload = archive
+            .begin_dataset_upload(
+                "1.2.840.10008.5.1.4.1.1.7",
+                "1.2.3.4.5",
+                "1.2.840.10008.1.2.1",
+                "BOMB",
+            )
+            .await
+            .unwrap();
+        upload.write(&bomb).await.unwrap();
+        match archive.put(upload, &source).await {
+            Err(PutError::Invalid(reason)) => {
+                assert!(reason.contains("declares 2147483632 bytes"), "{reason}")
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        // The same as a whole Part 10 file (the STOW-RS path).
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        let meta = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+            .media_storage_sop_instance_uid("1.2.3.4.5")
+            .transfer_syntax("1.2.840.10008.1.2.1")
+            .build()
+            .unwrap();
+        meta.write(&mut file).unwrap();
+        file.extend_from_slice(&bomb);
+        let mut upload = archive.begin_file_upload().await.unwrap();
+        upload.write(&file).await.unwrap();
+        assert!(matches!(
+            archive.put(upload, &source).await,
+            Err(PutError::Invalid(_))
+        ));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "{tmp:?}");
+        assert!(archive.inner.index.blob_keys().await.unwrap().is_empty());
+        assert!(archive.inner.blobs.keys().await.unwrap().is_empty());
+        let studies = archive
+            .query(&Query {
+                level: QueryLevel::Study,
+                keys: Vec::new(),
+                include: Include::Default,
+                fuzzy_matching: false,
+                limit: None,
+                offset: 0,
+            })
+            .await
+            .unwrap();
+        assert!(studies.is_empty());
+    }
+}
