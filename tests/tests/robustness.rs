@@ -6,7 +6,6 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use radserve_tests::corpus::{Broken, broken_corpus};
 use radserve_tests::{RadServe, RawScu, http_client, radserve_command, workspace_root};
@@ -215,19 +214,8 @@ fn uid_in(file: &[u8], group: u16, element: u16) -> String {
         .to_owned()
 }
 
-/// Huge declared lengths before Pixel Data: STOW-RS's `identify` (server/src/dicomweb/
-/// stow.rs) parses each part's prefix with dicom-object before `Archive::put`'s guard
-/// runs, and dicom-object allocates the declared length (4 GiB, > 10 s). Until it calls
-/// `store::attributes::check_prefix_lengths` first, these go through DIMSE only.
-fn reaches_stow_identify_unguarded(b: &Broken) -> bool {
-    b.name.contains("declares") && !b.name.contains("(7FE0,0010)")
-        || b.name.contains("flipped ^") && !b.name.contains("(7FE0,0010)")
-        || b.name.contains("2 GiB")
-}
-
 #[test]
 fn broken_files_are_refused_one_by_one_and_the_server_survives() {
-    let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let server = start(data.path());
 
@@ -253,12 +241,7 @@ fn broken_files_are_refused_one_by_one_and_the_server_survives() {
     let valid_dimse = std::fs::read(&samples("0004_CR")[0]).unwrap();
 
     // STOW-RS: batches of broken parts, a valid part in the first two.
-    let stow_corpus: Vec<Broken> = corpus
-        .iter()
-        .filter(|b| !reaches_stow_identify_unguarded(b))
-        .cloned()
-        .collect();
-    for (i, batch) in stow_corpus.chunks(12).enumerate() {
+    for (i, batch) in corpus.chunks(12).enumerate() {
         let mut parts: Vec<&[u8]> = batch.iter().map(|b| b.file.as_slice()).collect();
         let valid = valid_stow.get(i).map(Vec::as_slice);
         if let Some(v) = valid {
@@ -362,11 +345,6 @@ fn broken_files_are_refused_one_by_one_and_the_server_survives() {
     assert!(tmp_left.is_empty(), "left in tmp/: {tmp_left:?}");
     let log = server.stderr();
     assert!(!log.contains("panicked"), "server log has a panic:\n{log}");
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 /// The (study, series, instance) UIDs of a Part 10 file.

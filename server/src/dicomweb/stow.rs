@@ -63,6 +63,9 @@ pub struct PartIds {
 /// Reads the UIDs of a Part 10 file from its first bytes (up to PixelData). None when
 /// the bytes are not a readable Part 10 header.
 pub fn identify(prefix: &[u8]) -> Option<PartIds> {
+    // dicom-object allocates a value's declared length before reading it: refuse a header
+    // that declares more than the prefix holds before handing it over.
+    crate::store::attributes::check_prefix_lengths(prefix).ok()?;
     let preamble = if prefix.get(128..132) == Some(b"DICM") {
         ReadPreamble::Always
     } else {
