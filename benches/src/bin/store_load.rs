@@ -9,7 +9,8 @@
 //! The client is dcmtk's `storescu` in every C-STORE case (with `TCP_NODELAY=1`, as is the
 //! server side of storescp, so Nagle's algorithm is not what we measure). radserve fsyncs and
 //! indexes every instance before acknowledging it; storescp only writes the file — the ratio
-//! is therefore conservative for radserve.
+//! is therefore conservative for radserve. A first case measures the disk floor: the same
+//! files written durably one by one, with no server at all (see `durable_copies`).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -81,7 +82,18 @@ fn main() -> anyhow::Result<()> {
     // The same files split into `parallel` directories, one storescu per directory.
     let shards = shard(&files, args.parallel, &work.path().join("shards"))?;
 
-    let mut results = Vec::new();
+    // What the disk allows at all: the same files copied one after another, each made
+    // durable as radserve makes a blob durable (write, fdatasync, rename, fsync the
+    // directory), with no network, parsing or index. No durable store on one association
+    // can beat this; it is the peer that says how much of radserve's cost is the disk's.
+    let floor_dir = work.path().join("floor");
+    std::fs::create_dir_all(&floor_dir)?;
+    let mut results = vec![measure(
+        "disk floor: write + fdatasync + rename + dir fsync, 1 thread".to_owned(),
+        files.len(),
+        bytes,
+        || durable_copies(&files, &floor_dir),
+    )?];
     for (label, dirs) in [
         ("1 association", vec![set_dir.clone()]),
         ("parallel", shards.clone()),
@@ -149,8 +161,9 @@ fn measure(
 }
 
 fn print_table(results: &[Measurement], parallel: usize) {
-    println!("| case | instances | seconds | instances/s | MB/s | vs storescp |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    let floor = results.iter().find(|m| m.name.starts_with("disk floor"));
+    println!("| case | instances | seconds | instances/s | MB/s | vs storescp | vs disk floor |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for m in results {
         // The peer of a radserve C-STORE case is the storescp case with the same association count.
         let peer = results.iter().find(|p| {
@@ -161,14 +174,18 @@ fn print_table(results: &[Measurement], parallel: usize) {
         let ratio = peer.map_or("—".to_string(), |p| {
             format!("{:.2}×", m.per_second() / p.per_second())
         });
+        let vs_floor = floor.map_or("—".to_string(), |f| {
+            format!("{:.2}×", m.per_second() / f.per_second())
+        });
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
             m.name,
             m.instances,
             m.elapsed.as_secs_f64(),
             m.per_second(),
             m.mb_per_second(),
-            ratio
+            ratio,
+            vs_floor
         );
     }
     println!(
@@ -207,6 +224,21 @@ impl Drop for StoreScp {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Copies every file into `dir` durably, one at a time (see the disk-floor case in `main`).
+fn durable_copies(files: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    for (i, file) in files.iter().enumerate() {
+        let bytes = std::fs::read(file)?;
+        let staged = dir.join(format!("{i:06}.tmp"));
+        let mut out = std::fs::File::create(&staged)?;
+        out.write_all(&bytes)?;
+        out.sync_data()?;
+        drop(out);
+        std::fs::rename(&staged, dir.join(format!("{i:06}.dcm")))?;
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// One storescu per directory, all at once; every one must succeed.

@@ -2,14 +2,22 @@
 //!
 //! Uploads are staged by the archive as local temporary files (under `tmp/`); a blob store
 //! takes such a file, makes it durable and returns only then. The filesystem store
-//! ([`FsBlobStore`]) is **content addressed**: a blob's key is
-//! `<sha[0..2]>/<sha[2..4]>/<sha256>.dcm` under `blobs/`. That choice makes every step
-//! crash-safe without a journal: a blob is written (temp file fsynced, renamed, directory
-//! fsynced) before any index row names it, so an index row never points at a missing or
-//! half-written blob; a replaced instance gets a new key, so the old row keeps pointing at
-//! intact bytes until the new row commits. A crash can only leave orphan blobs (no row),
-//! which [`crate::store::Archive::open`] removes. An object-store backend would implement
-//! the same trait (upload the staged file, then return).
+//! ([`FsBlobStore`]) is **content addressed**: a blob's key is `<sha[0..2]>/<sha256>.dcm`
+//! under `blobs/`. The 256 fan-out directories are created (and made durable) once, when
+//! the store is opened, so that a put never pays for a `mkdir` and its fsyncs: one
+//! directory fsync per blob (a million instances make ~4,000 files per directory, which
+//! ext4 and XFS index as a tree). That choice makes every step
+//! crash-safe without a journal. A put has two steps: [`BlobStore::place`] makes the blob
+//! readable under its key (the staged file's data is already fsynced; the rename is not yet
+//! durable), and [`BlobStore::make_durable`] makes the placement survive a crash (fsync of
+//! the directory). The archive runs the second step and the index commit at the same time
+//! and acknowledges only after both, so a crash can leave a blob with no row (an orphan) or
+//! a row whose placement was lost — of an instance that was never acknowledged; on open,
+//! [`crate::store::Archive::open`] removes both. Readers never see a row before its blob:
+//! the row is written after `place`. A replaced instance gets a new key, so the old row
+//! keeps pointing at intact bytes until the new row commits. An object-store backend
+//! implements the same trait (`place` uploads the staged file; `make_durable` has nothing
+//! left to do).
 
 use std::future::Future;
 use std::io;
@@ -21,14 +29,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Durable storage of Part 10 files by key.
 pub trait BlobStore: Send + Sync + 'static {
-    /// Stores the (already complete) local file `staged` under the key derived from its
-    /// SHA-256 and returns that key once the bytes are durable. `staged` is consumed
-    /// (moved or deleted). Storing an existing key again is a no-op.
-    fn put<'a>(
+    /// Makes the (already complete, fsynced) local file `staged` readable under the key
+    /// derived from its SHA-256 and returns that key; the placement may not survive a
+    /// crash until [`BlobStore::make_durable`]. `staged` is consumed (moved or deleted).
+    /// Placing an existing key again is a no-op.
+    fn place<'a>(
         &'a self,
         staged: &'a Path,
         sha256_hex: &'a str,
     ) -> BoxFuture<'a, io::Result<String>>;
+    /// Returns once the placement of `key` survives a crash.
+    fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
     /// The blob's bytes.
     fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Vec<u8>>>;
     /// Removes a blob; a missing blob is not an error.
@@ -41,7 +52,7 @@ pub trait BlobStore: Send + Sync + 'static {
     fn check_writable(&self) -> BoxFuture<'_, io::Result<()>>;
 }
 
-/// The filesystem blob store: `<data>/blobs/aa/bb/<sha256>.dcm`.
+/// The filesystem blob store: `<data>/blobs/aa/<sha256>.dcm`.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
@@ -51,25 +62,18 @@ pub struct FsBlobStore {
 /// name a path outside the blob directory).
 fn valid_key(key: &str) -> bool {
     let b = key.as_bytes();
-    b.len() == 6 + 64 + 4
+    b.len() == 3 + 64 + 4
         && b[2] == b'/'
-        && b[5] == b'/'
         && key.ends_with(".dcm")
-        && key[6..70]
+        && key[3..67]
             .bytes()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        && key[0..2] == key[6..8]
-        && key[3..5] == key[8..10]
+        && key[0..2] == key[3..5]
 }
 
 /// The key of a blob with this SHA-256 (lower-case hex).
 pub fn key_for(sha256_hex: &str) -> io::Result<String> {
-    let key = format!(
-        "{}/{}/{}.dcm",
-        sha256_hex.get(0..2).unwrap_or(""),
-        sha256_hex.get(2..4).unwrap_or(""),
-        sha256_hex
-    );
+    let key = format!("{}/{}.dcm", sha256_hex.get(0..2).unwrap_or(""), sha256_hex);
     if valid_key(&key) {
         Ok(key)
     } else {
@@ -86,9 +90,25 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl FsBlobStore {
-    /// A store rooted at `root` (created if missing).
+    /// A store rooted at `root`: it and its 256 fan-out directories are created if missing
+    /// and made durable before any blob goes in.
     pub fn new(root: PathBuf) -> io::Result<FsBlobStore> {
         std::fs::create_dir_all(&root)?;
+        let mut created = false;
+        for byte in 0..=255u8 {
+            let dir = root.join(format!("{byte:02x}"));
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir)?;
+                sync_dir(&dir)?;
+                created = true;
+            }
+        }
+        if created {
+            sync_dir(&root)?;
+            if let Some(parent) = root.parent() {
+                sync_dir(parent)?;
+            }
+        }
         Ok(FsBlobStore { root })
     }
 
@@ -103,27 +123,17 @@ impl FsBlobStore {
         }
     }
 
-    fn put_blocking(&self, staged: &Path, sha256_hex: &str) -> io::Result<String> {
+    fn place_blocking(&self, staged: &Path, sha256_hex: &str) -> io::Result<String> {
         let key = key_for(sha256_hex)?;
         let dest = self.path(&key)?;
-        let dir = dest
-            .parent()
-            .ok_or_else(|| io::Error::other("blob path has no parent"))?
-            .to_path_buf();
         if dest.exists() {
             // Same content is already durable: drop the staged copy.
             std::fs::remove_file(staged)?;
             return Ok(key);
         }
-        std::fs::create_dir_all(&dir)?;
-        // The caller fsynced the file's data; rename, then make the rename durable. The new
-        // directories' entries are synced too (a fresh `aa/bb/` must survive a crash).
+        // The caller fsynced the file's data; `make_durable` syncs the directory entry (the
+        // fan-out directory itself is durable since `new`).
         std::fs::rename(staged, &dest)?;
-        sync_dir(&dir)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
-        sync_dir(&self.root)?;
         Ok(key)
     }
 
@@ -134,22 +144,15 @@ impl FsBlobStore {
             if !a.file_type()?.is_dir() {
                 continue;
             }
-            for b in std::fs::read_dir(a.path())? {
-                let b = b?;
-                if !b.file_type()?.is_dir() {
-                    continue;
-                }
-                for f in std::fs::read_dir(b.path())? {
-                    let f = f?;
-                    let key = format!(
-                        "{}/{}/{}",
-                        a.file_name().to_string_lossy(),
-                        b.file_name().to_string_lossy(),
-                        f.file_name().to_string_lossy()
-                    );
-                    if valid_key(&key) {
-                        keys.push(key);
-                    }
+            for f in std::fs::read_dir(a.path())? {
+                let f = f?;
+                let key = format!(
+                    "{}/{}",
+                    a.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                );
+                if valid_key(&key) {
+                    keys.push(key);
                 }
             }
         }
@@ -166,7 +169,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl BlobStore for FsBlobStore {
-    fn put<'a>(
+    fn place<'a>(
         &'a self,
         staged: &'a Path,
         sha256_hex: &'a str,
@@ -174,7 +177,18 @@ impl BlobStore for FsBlobStore {
         let this = self.clone();
         let staged = staged.to_path_buf();
         let sha = sha256_hex.to_owned();
-        Box::pin(blocking(move || this.put_blocking(&staged, &sha)))
+        Box::pin(blocking(move || this.place_blocking(&staged, &sha)))
+    }
+
+    fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let dir = self
+                .path(key)?
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?
+                .to_path_buf();
+            blocking(move || sync_dir(&dir)).await
+        })
     }
 
     fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Vec<u8>>> {
@@ -220,11 +234,12 @@ mod tests {
     fn keys_are_validated() {
         let sha = "ab".repeat(32);
         let key = key_for(&sha).unwrap();
-        assert_eq!(key, format!("ab/ab/{sha}.dcm"));
+        assert_eq!(key, format!("ab/{sha}.dcm"));
         assert!(valid_key(&key));
         assert!(key_for("../../etc/passwd").is_err());
         assert!(!valid_key("../ab/x.dcm"));
-        assert!(!valid_key(&format!("cd/ab/{sha}.dcm")));
+        assert!(!valid_key(&format!("cd/{sha}.dcm")));
+        assert!(!valid_key(&format!("ab/ab/{sha}.dcm")));
     }
 
     #[tokio::test]
@@ -234,14 +249,15 @@ mod tests {
         let staged = dir.path().join("staged");
         std::fs::write(&staged, b"hello").unwrap();
         let sha = "0f".repeat(32);
-        let key = store.put(&staged, &sha).await.unwrap();
+        let key = store.place(&staged, &sha).await.unwrap();
+        store.make_durable(&key).await.unwrap();
         assert!(!staged.exists());
         assert!(store.exists(&key).await.unwrap());
         assert_eq!(store.read(&key).await.unwrap(), b"hello");
         assert_eq!(store.keys().await.unwrap(), vec![key.clone()]);
         // A second put of the same content keeps one copy and consumes the staged file.
         std::fs::write(&staged, b"hello").unwrap();
-        assert_eq!(store.put(&staged, &sha).await.unwrap(), key);
+        assert_eq!(store.place(&staged, &sha).await.unwrap(), key);
         assert!(!staged.exists());
         store.delete(&key).await.unwrap();
         store.delete(&key).await.unwrap();

@@ -5,8 +5,14 @@
 //! schema lives in `server/migrations/` and is embedded in the binary (see
 //! [`EmbeddedMigrations`]); it is applied on open. Write transactions start with
 //! `BEGIN IMMEDIATE` so that concurrent writers queue on SQLite's busy timeout instead of
-//! failing on a read-to-write upgrade. There is no group commit: each put is one
-//! transaction (correctness first; SQLite in WAL mode commits small transactions fast).
+//! failing on a read-to-write upgrade.
+//!
+//! **Group commit**: new instances (the hot path of every C-STORE and STOW-RS part) are
+//! inserted by one committer task. Whatever inserts are waiting when it becomes free go
+//! into one transaction, each under its own savepoint (a failing insert is rolled back
+//! alone and reported to its caller alone), and one WAL fsync makes the whole group
+//! durable; every caller is answered only after that commit. With one association the
+//! group is one insert; with many, the fsyncs are shared.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -121,6 +127,13 @@ pub trait Index: Send + Sync + 'static {
         &'a self,
         conflict: &'a Conflict,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Removes the instances stored under blob `key` (and patients, studies and series
+    /// left empty): an insert whose blob did not become durable, or, on open after a crash,
+    /// rows whose blob is missing. Removing nothing is not an error.
+    fn remove_instances_with_blob<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
     fn blob_key_referenced<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn blob_keys(&self) -> BoxFuture<'_, Result<HashSet<String>, StoreError>>;
     fn query<'a>(
@@ -190,6 +203,83 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     pool: SqlitePool,
+    inserts: tokio::sync::mpsc::Sender<PendingInsert>,
+}
+
+/// An insert waiting for the group committer, and where to send its outcome.
+#[derive(Debug)]
+struct PendingInsert {
+    record: InstanceRecord,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Most inserts in one group transaction (bounds the time a group holds the write lock).
+const MAX_GROUP: usize = 64;
+
+/// The group committer: see the module documentation. Ends when every [`SqliteIndex`]
+/// clone (every sender) is gone.
+async fn commit_inserts(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<PendingInsert>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        match insert_group(&pool, &group).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = pending.done.send(outcome.map_err(StoreError::from));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for pending in group {
+                    let _ = pending
+                        .done
+                        .send(Err(StoreError::Index(format!("group commit: {message}"))));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for `group`: an outcome per insert, or the error that failed the whole
+/// transaction (then nothing of the group is committed).
+async fn insert_group(
+    pool: &SqlitePool,
+    group: &[PendingInsert],
+) -> Result<Vec<Result<(), sqlx::Error>>, sqlx::Error> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    // A group of one needs no savepoint: its failure is the transaction's.
+    let isolate = group.len() > 1;
+    for pending in group {
+        if isolate {
+            sqlx::query("SAVEPOINT put").execute(&mut *tx).await?;
+        }
+        let outcome = async {
+            let series = upsert_hierarchy(&mut tx, &pending.record.attributes).await?;
+            insert_instance_query(series, &pending.record)
+                .execute(&mut *tx)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        if !isolate {
+            outcome?;
+            tx.commit().await?;
+            return Ok(vec![Ok(())]);
+        }
+        if outcome.is_err() {
+            sqlx::query("ROLLBACK TO put").execute(&mut *tx).await?;
+        }
+        sqlx::query("RELEASE put").execute(&mut *tx).await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 const INSTANCE_COLUMNS: &str = "st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, \
@@ -278,6 +368,18 @@ async fn upsert_hierarchy(tx: &mut Tx, a: &InstanceAttributes) -> Result<i64, sq
     Ok(series)
 }
 
+/// Deletes series, studies and patients that no longer have an instance below them.
+async fn delete_empty_parents(tx: &mut Tx) -> Result<(), sqlx::Error> {
+    for statement in [
+        "DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instances WHERE series_ref = series.id)",
+        "DELETE FROM studies WHERE NOT EXISTS (SELECT 1 FROM series WHERE study_ref = studies.id)",
+        "DELETE FROM patients WHERE NOT EXISTS (SELECT 1 FROM studies WHERE patient_ref = patients.id)",
+    ] {
+        sqlx::query(statement).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 async fn insert_conflict(tx: &mut Tx, c: &Conflict) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO duplicate_conflicts (sop_instance_uid, stored_sha256, received_sha256, received_size, policy, \
@@ -319,7 +421,9 @@ impl SqliteIndex {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Index(format!("migrations: {e}")))?;
-        Ok(SqliteIndex { pool })
+        let (inserts, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(commit_inserts(pool.clone(), queue));
+        Ok(SqliteIndex { pool, inserts })
     }
 
     async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
@@ -378,13 +482,14 @@ impl Index for SqliteIndex {
         record: &'a InstanceRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.begin_write().await?;
-            let series = upsert_hierarchy(&mut tx, &record.attributes).await?;
-            insert_instance_query(series, record)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            let pending = PendingInsert {
+                record: record.clone(),
+                done,
+            };
+            let stopped = || StoreError::Index("the index committer has stopped".to_owned());
+            self.inserts.send(pending).await.map_err(|_| stopped())?;
+            outcome.await.map_err(|_| stopped())?
         })
     }
 
@@ -403,17 +508,8 @@ impl Index for SqliteIndex {
             insert_instance_query(series, record)
                 .execute(&mut *tx)
                 .await?;
-            // The replacement may have moved the instance to another series/study: drop
-            // what became empty.
-            sqlx::query("DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instances WHERE series_ref = series.id)")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM studies WHERE NOT EXISTS (SELECT 1 FROM series WHERE study_ref = studies.id)")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM patients WHERE NOT EXISTS (SELECT 1 FROM studies WHERE patient_ref = patients.id)")
-                .execute(&mut *tx)
-                .await?;
+            // The replacement may have moved the instance to another series/study.
+            delete_empty_parents(&mut tx).await?;
             insert_conflict(&mut tx, conflict).await?;
             tx.commit().await?;
             Ok(())
@@ -429,6 +525,23 @@ impl Index for SqliteIndex {
             insert_conflict(&mut tx, conflict).await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn remove_instances_with_blob<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.begin_write().await?;
+            let removed = sqlx::query("DELETE FROM instances WHERE blob_key = ?")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            delete_empty_parents(&mut tx).await?;
+            tx.commit().await?;
+            Ok(removed)
         })
     }
 

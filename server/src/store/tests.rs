@@ -510,7 +510,7 @@ async fn restart_keeps_everything_and_removes_crash_leftovers() {
     let orphan_sha = "ab".repeat(32);
     let orphan = dir
         .path()
-        .join("blobs/ab/ab")
+        .join("blobs/ab")
         .join(format!("{orphan_sha}.dcm"));
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, b"uncommitted").unwrap();
@@ -615,4 +615,50 @@ async fn tokens_and_audit_persist() {
         archive.audit_records(2, 2).await.unwrap()[0].resource,
         "studies/1.2.0"
     );
+}
+
+/// A crash after an index commit but before the blob's directory entry was durable leaves
+/// a row without its blob (an instance that was never acknowledged): open removes the row,
+/// and the series, study and patient it leaves empty, and keeps everything else.
+#[tokio::test]
+async fn open_removes_rows_whose_blob_was_lost_in_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let lost = {
+        let archive = open(dir.path(), DuplicatePolicy::KeepFirst).await;
+        put_all(&archive).await;
+        let studies = archive.query(&study_query(&[])).await.unwrap();
+        // The study with the fewest instances, so that its removal empties it.
+        let mut by_size = Vec::new();
+        for s in &studies {
+            let uid = values(s, tags::STUDY_INSTANCE_UID).remove(0);
+            let instances = archive
+                .locate(&Scope::Study { study: uid.clone() })
+                .await
+                .unwrap();
+            by_size.push((instances.len(), uid, instances));
+        }
+        by_size.sort_by_key(|(n, _, _)| *n);
+        let (_, study, instances) = by_size.remove(0);
+        for inst in &instances {
+            std::fs::remove_file(dir.path().join("blobs").join(&inst.blob_key)).unwrap();
+        }
+        (study, instances.len())
+    };
+    let archive = open(dir.path(), DuplicatePolicy::KeepFirst).await;
+    let studies = archive.query(&study_query(&[])).await.unwrap();
+    assert_eq!(studies.len(), 3);
+    assert!(
+        studies
+            .iter()
+            .all(|s| values(s, tags::STUDY_INSTANCE_UID)[0] != lost.0)
+    );
+    let mut total = 0;
+    for s in &studies {
+        let uid = values(s, tags::STUDY_INSTANCE_UID).remove(0);
+        for inst in archive.locate(&Scope::Study { study: uid }).await.unwrap() {
+            archive.read_blob(&inst).await.unwrap();
+            total += 1;
+        }
+    }
+    assert_eq!(total, 13 - lost.1);
 }
