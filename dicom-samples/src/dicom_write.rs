@@ -26,7 +26,7 @@ pub enum WriteError {
     // Boxed: dicom-rs's errors are large and this one travels through every write.
     #[error("could not build the file meta group: {0}")]
     Meta(Box<dicom_object::WithMetaError>),
-    #[error("could not write {path}: {source}")]
+    #[error("could not write {path}")]
     Write {
         path: String,
         #[source]

@@ -108,13 +108,13 @@ pub enum GenerateError {
     Radiograph(#[from] RadiographError),
     #[error(transparent)]
     Write(#[from] WriteError),
-    #[error("cannot write to {path}: {source}")]
+    #[error("cannot write to {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write JSON to {path}: {source}")]
+    #[error("cannot write JSON to {path}")]
     Json {
         path: PathBuf,
         #[source]
