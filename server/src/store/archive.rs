@@ -54,7 +54,10 @@ struct UploadInner {
     file: tokio::io::BufWriter<tokio::fs::File>,
     path: tempfile::TempPath,
     hasher: Sha256,
+    /// Data set bytes written with [`Upload::write`].
     len: u64,
+    /// Every byte in the file (header included).
+    size: u64,
     /// Set when the header could not be built (bad UIDs from the command): `put` refuses.
     invalid: Option<String>,
 }
@@ -177,6 +180,7 @@ impl Archive {
                 path,
                 hasher: Sha256::new(),
                 len: 0,
+                size: 0,
                 invalid: None,
             }),
         })
@@ -234,6 +238,7 @@ impl Archive {
             path,
             hasher,
             invalid,
+            size: size_bytes,
             ..
         } = *upload.inner;
         if let Some(reason) = invalid {
@@ -245,29 +250,22 @@ impl Archive {
         // The fsync (the device) overlaps the parse, the stripe lock and the duplicate
         // lookup: all must finish before anything is decided, and none needs the fsync.
         let parse_path = path.to_path_buf();
-        let (durable, examined) = tokio::join!(
-            async {
-                file.sync_data().await?;
-                file.metadata().await.map(|m| m.len())
-            },
-            async {
-                let attributes =
-                    tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
-                        .await
-                        .map_err(|e| StoreError::Index(format!("parse task: {e}")))?
-                        .map_err(PutError::Invalid)?;
-                let guard = self.stripe(&attributes.sop_instance_uid).lock().await;
-                let existing = self
-                    .inner
-                    .index
-                    .find_instance(&attributes.sop_instance_uid)
-                    .await?;
-                Ok::<_, PutError>((attributes, guard, existing))
-            }
-        );
+        let (durable, examined) = tokio::join!(file.sync_data(), async {
+            let attributes = tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
+                .await
+                .map_err(|e| StoreError::Index(format!("parse task: {e}")))?
+                .map_err(PutError::Invalid)?;
+            let guard = self.stripe(&attributes.sop_instance_uid).lock().await;
+            let existing = self
+                .inner
+                .index
+                .find_instance(&attributes.sop_instance_uid)
+                .await?;
+            Ok::<_, PutError>((attributes, guard, existing))
+        });
         drop(file);
         let (attributes, _guard, existing) = examined?;
-        let size_bytes = durable.map_err(StoreError::from)?;
+        durable.map_err(StoreError::from)?;
         let sop = attributes.sop_instance_uid.clone();
         let record_source = source_text(source);
         let policy = self.inner.config.duplicate_policy;
@@ -455,6 +453,12 @@ impl Archive {
         self.inner.index.audit_records(limit, offset).await
     }
 
+    /// The index, for tests that drive it below the archive.
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> &dyn Index {
+        self.inner.index.as_ref()
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
@@ -465,6 +469,7 @@ impl Upload {
     async fn write_raw(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         self.inner.hasher.update(chunk);
         self.inner.file.write_all(chunk).await?;
+        self.inner.size += chunk.len() as u64;
         Ok(())
     }
 

@@ -662,3 +662,44 @@ async fn open_removes_rows_whose_blob_was_lost_in_a_crash() {
     }
     assert_eq!(total, 13 - lost.1);
 }
+
+/// The index writer remembers series rows to skip their upserts; a removal that deletes a
+/// series (here: its only instance) must not leave it pointing at the deleted row, and a
+/// replacement that moves an instance must not either.
+#[tokio::test]
+async fn a_series_emptied_by_a_removal_takes_new_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = open(dir.path(), DuplicatePolicy::KeepFirst).await;
+    let first = match put_bytes(&archive, &sample("0001_CT/CT0001.dcm")).await {
+        Ok(PutOutcome::Stored(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        archive
+            .index()
+            .remove_instances_with_blob(&first.blob_key)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(archive.query(&study_query(&[])).await.unwrap().is_empty());
+    for (i, slice) in ["0001_CT/CT0002.dcm", "0001_CT/CT0003.dcm"]
+        .iter()
+        .enumerate()
+    {
+        let outcome = put_bytes(&archive, &sample(slice)).await;
+        assert!(
+            matches!(outcome, Ok(PutOutcome::Stored(_))),
+            "{i}: {outcome:?}"
+        );
+    }
+    let series = first.series_instance_uid.clone();
+    let located = archive
+        .locate(&Scope::Series {
+            study: first.study_instance_uid.clone(),
+            series,
+        })
+        .await
+        .unwrap();
+    assert_eq!(located.len(), 2);
+}
