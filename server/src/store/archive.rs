@@ -2,11 +2,12 @@
 //! retrieval, readiness, and auth/audit persistence.
 //!
 //! A put: the upload is a temp file under `tmp/` (hashed while written); it is flushed,
-//! then fsynced and parsed (up to Pixel Data) at the same time, and then, under a lock striped by SOP Instance
-//! UID (so two puts of one UID never interleave, and a blob is never garbage-collected
-//! while a put of the same content is in flight), the policy decides: a new instance is
-//! placed in the blob store, then its directory entry is fsynced while the index commits
-//! (see [`Archive::index_new`]). After both, `put` returns. Different SOP Instance UIDs proceed in parallel.
+//! then fsynced while it is parsed (up to Pixel Data) and, under a lock striped by SOP
+//! Instance UID (so two puts of one UID never interleave, and a blob is never
+//! garbage-collected while a put of the same content is in flight), looked up in the index.
+//! Then the policy decides: a new instance is placed in the blob store, and its directory
+//! entry is fsynced while the index commits (see [`Archive::index_new`]). After both, `put`
+//! returns. Different SOP Instance UIDs proceed in parallel.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -496,7 +497,8 @@ mod guard_tests {
     use crate::store::{Include, QueryLevel};
 
     /// A data set declaring ~2 GiB in a 12-byte header is refused before dicom-object
-    /// allocates it, with an error naming the element, and leaves nothing in `tmp/`, `blobs/` or the index.
+    /// allocates it, with an error naming the declared length, and leaves nothing in
+    /// `tmp/`, `blobs/` or the index.
     #[tokio::test]
     async fn a_huge_declared_length_is_refused_before_allocation_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();

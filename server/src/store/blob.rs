@@ -6,8 +6,8 @@
 //! under `blobs/`. The 256 fan-out directories are created (and made durable) once, when
 //! the store is opened, so that a put never pays for a `mkdir` and its fsyncs: one
 //! directory fsync per blob (a million instances make ~4,000 files per directory, which
-//! ext4 and XFS index as a tree). That choice makes every step
-//! crash-safe without a journal. A put has two steps: [`BlobStore::place`] makes the blob
+//! ext4 and XFS index as a tree). Content addressing makes every step crash-safe without
+//! a journal. A put has two steps: [`BlobStore::place`] makes the blob
 //! readable under its key (the staged file's data is already fsynced; the rename is not yet
 //! durable), and [`BlobStore::make_durable`] makes the placement survive a crash (fsync of
 //! the directory). The archive runs the second step and the index commit at the same time
