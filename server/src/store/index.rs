@@ -240,21 +240,20 @@ struct HierarchyCache {
 }
 
 impl HierarchyCache {
-    fn lookup(&self, a: &InstanceAttributes) -> Option<i64> {
+    /// The series row id, if the series was written with attributes of this fingerprint.
+    fn lookup(&self, a: &InstanceAttributes, fingerprint: u64) -> Option<i64> {
         self.series
             .get(&a.series_instance_uid)
-            .filter(|(fingerprint, _)| *fingerprint == hierarchy_fingerprint(a))
+            .filter(|(known, _)| *known == fingerprint)
             .map(|(_, id)| *id)
     }
 
-    fn remember(&mut self, a: &InstanceAttributes, series_id: i64) {
+    fn remember(&mut self, a: &InstanceAttributes, fingerprint: u64, series_id: i64) {
         if self.series.len() >= MAX_CACHED_SERIES {
             self.series.clear();
         }
-        self.series.insert(
-            a.series_instance_uid.clone(),
-            (hierarchy_fingerprint(a), series_id),
-        );
+        self.series
+            .insert(a.series_instance_uid.clone(), (fingerprint, series_id));
     }
 }
 
@@ -301,80 +300,88 @@ async fn write_index(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<Pe
                 None => return,
             },
         };
-        if !matches!(first.write, IndexWrite::Insert(_)) {
-            // Deletes (and moves) rows: the cached ids may no longer exist.
-            hierarchy.series.clear();
-            let outcome = match &first.write {
-                IndexWrite::Replace(record, conflict) => {
-                    replace(&pool, record, conflict).await.map(|()| 0)
-                }
-                IndexWrite::RemoveWithBlob(key) => remove_with_blob(&pool, key).await,
-                IndexWrite::Insert(_) => Ok(0),
-            };
-            let _ = first.done.send(outcome.map_err(StoreError::from));
-            continue;
-        }
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let PendingWrite { write, done } = first;
+        let first_insert = match write {
+            IndexWrite::Insert(record) => record,
+            IndexWrite::Replace(record, conflict) => {
+                // Deletes (and moves) rows: the cached ids may no longer exist.
+                hierarchy.series.clear();
+                let outcome = replace(&pool, &record, &conflict).await.map(|()| 0);
+                let _ = done.send(outcome.map_err(StoreError::from));
+                continue;
+            }
+            IndexWrite::RemoveWithBlob(key) => {
+                hierarchy.series.clear();
+                let outcome = remove_with_blob(&pool, &key).await;
+                let _ = done.send(outcome.map_err(StoreError::from));
+                continue;
+            }
+        };
+        let mut records = vec![first_insert];
+        let mut dones = vec![done];
+        while records.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(next) if matches!(next.write, IndexWrite::Insert(_)) => group.push(next),
-                Ok(next) => {
-                    held = Some(next);
+                Ok(PendingWrite {
+                    write: IndexWrite::Insert(record),
+                    done,
+                }) => {
+                    records.push(record);
+                    dones.push(done);
+                }
+                Ok(other) => {
+                    held = Some(other);
                     break;
                 }
                 Err(_) => break,
             }
         }
-        let records: Vec<&InstanceRecord> = group
+        let fingerprints: Vec<u64> = records
             .iter()
-            .filter_map(|p| match &p.write {
-                IndexWrite::Insert(record) => Some(record),
-                _ => None,
-            })
+            .map(|r| hierarchy_fingerprint(&r.attributes))
             .collect();
-        match insert_group(&pool, &records, &hierarchy).await {
+        match insert_group(&pool, &records, &fingerprints, &hierarchy).await {
             Ok(outcomes) => {
-                for (record, outcome) in records.iter().zip(&outcomes) {
+                for ((record, fingerprint), outcome) in
+                    records.iter().zip(&fingerprints).zip(&outcomes)
+                {
                     if let Ok(series_id) = outcome {
-                        hierarchy.remember(&record.attributes, *series_id);
+                        hierarchy.remember(&record.attributes, *fingerprint, *series_id);
                     }
                 }
-                for (pending, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = pending
-                        .done
-                        .send(outcome.map(|_| 0).map_err(StoreError::from));
+                for (done, outcome) in dones.into_iter().zip(outcomes) {
+                    let _ = done.send(outcome.map(|_| 0).map_err(StoreError::from));
                 }
             }
             Err(e) => {
                 hierarchy.series.clear();
                 let message = e.to_string();
-                for pending in group {
-                    let _ = pending
-                        .done
-                        .send(Err(StoreError::Index(format!("group commit: {message}"))));
+                for done in dones {
+                    let _ = done.send(Err(StoreError::Index(format!("group commit: {message}"))));
                 }
             }
         }
     }
 }
 
-/// One transaction for `records`: per insert its series row id or its error, or the error
-/// that failed the whole transaction (then nothing of the group is committed).
+/// One transaction for `records` (with their [`hierarchy_fingerprint`]s): per insert its
+/// series row id or its error, or the error that failed the whole transaction (then
+/// nothing of the group is committed).
 async fn insert_group(
     pool: &SqlitePool,
-    records: &[&InstanceRecord],
+    records: &[InstanceRecord],
+    fingerprints: &[u64],
     hierarchy: &HierarchyCache,
 ) -> Result<Vec<Result<i64, sqlx::Error>>, sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin_write(pool).await?;
     let mut outcomes = Vec::with_capacity(records.len());
     // A group of one needs no savepoint: its failure is the transaction's.
     let isolate = records.len() > 1;
-    for record in records {
+    for (record, fingerprint) in records.iter().zip(fingerprints) {
         if isolate {
             sqlx::query("SAVEPOINT put").execute(&mut *tx).await?;
         }
         let outcome = async {
-            let series = match hierarchy.lookup(&record.attributes) {
+            let series = match hierarchy.lookup(&record.attributes, *fingerprint) {
                 Some(id) => id,
                 None => upsert_hierarchy(&mut tx, &record.attributes).await?,
             };
@@ -405,7 +412,7 @@ async fn replace(
     record: &InstanceRecord,
     conflict: &Conflict,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin_write(pool).await?;
     sqlx::query("DELETE FROM instances WHERE sop_instance_uid = ?")
         .bind(&record.attributes.sop_instance_uid)
         .execute(&mut *tx)
@@ -422,7 +429,7 @@ async fn replace(
 
 /// Removes the instances stored under blob `key`; returns how many.
 async fn remove_with_blob(pool: &SqlitePool, key: &str) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin_write(pool).await?;
     let removed = sqlx::query("DELETE FROM instances WHERE blob_key = ?")
         .bind(key)
         .execute(&mut *tx)
@@ -519,6 +526,11 @@ async fn upsert_hierarchy(tx: &mut Tx, a: &InstanceAttributes) -> Result<i64, sq
     Ok(series)
 }
 
+/// A write transaction: `BEGIN IMMEDIATE` (see the module documentation).
+async fn begin_write(pool: &SqlitePool) -> Result<Tx, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
 /// Deletes series, studies and patients that no longer have an instance below them.
 async fn delete_empty_parents(tx: &mut Tx) -> Result<(), sqlx::Error> {
     for statement in [
@@ -575,10 +587,6 @@ impl SqliteIndex {
         let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(write_index(pool.clone(), queue));
         Ok(SqliteIndex { pool, writes })
-    }
-
-    async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// Hands a write to the writer task and waits for its outcome.
@@ -667,7 +675,7 @@ impl Index for SqliteIndex {
         conflict: &'a Conflict,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.begin_write().await?;
+            let mut tx = begin_write(&self.pool).await?;
             insert_conflict(&mut tx, conflict).await?;
             tx.commit().await?;
             Ok(())
