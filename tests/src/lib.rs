@@ -61,11 +61,8 @@ pub fn radserve_bin() -> &'static Path {
 
 fn build_radserve() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives inside the workspace");
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace).args([
+    cmd.current_dir(workspace_root()).args([
         "build",
         "--package",
         "radserve",
@@ -358,11 +355,21 @@ pub fn echoscu(called_ae: &str, port: u16) -> Output {
 
 // --- DIMSE helpers (C-STORE / C-FIND end-to-end tests) ---
 
-/// The workspace root (the parent of `tests/`).
+/// The workspace root: the parent of the package cargo is running (`tests/` or
+/// `benches/`, both directly under the root), read from `CARGO_MANIFEST_DIR` at run time.
+/// The compile-time value is only the fallback: cargo does not rebuild this crate when the
+/// same target directory serves another checkout, so it may name a checkout that is gone.
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives inside the workspace")
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let package = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        package
+            .parent()
+            .expect("the package lives inside the workspace")
+            .to_path_buf()
+    })
 }
 
 /// Runs a dcmtk tool (`storescu`, `findscu`, ...) with `TCP_NODELAY=1` (see

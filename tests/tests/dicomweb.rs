@@ -13,7 +13,7 @@ use serde_json::Value;
 const TOKEN: &str = "dicomweb-e2e-token-5b0d7f3c9a";
 
 fn samples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dicom-samples/studies/studies")
+    radserve_tests::workspace_root().join("dicom-samples/studies/studies")
 }
 
 /// Every committed sample file, sorted.
@@ -101,26 +101,13 @@ fn post_announced_only(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        // Chunk size line, chunk, CRLF, ... until the zero-size chunk.
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if size == 0 || tail.len() < size {
-                break;
-            }
-            out.push_str(&tail[..size]);
-            rest = tail[size..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body.to_owned()
-    };
-    (status, body.into_bytes())
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a refusal from the headers alone has a sized body: {head:?}"
+    );
+    (status, body.as_bytes().to_vec())
 }
 
 fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> Reply {
