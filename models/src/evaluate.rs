@@ -1,0 +1,175 @@
+//! Held-out evaluation of the demo models: the numbers their model cards quote, recomputed
+//! from a loaded package and seeded synthetic studies.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::TensorData;
+use serde::Serialize;
+
+use crate::metrics::{Overlap, roc_auc};
+use crate::model::{LoadedModel, ModelError, Prediction};
+use crate::postprocess::{self, ComponentOptions, MaskVolume, SliceGeometry};
+use crate::preprocess::PreprocessError;
+use crate::synthetic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error(transparent)]
+    Postprocess(#[from] postprocess::PostprocessError),
+    #[error("{0}")]
+    Data(String),
+}
+
+/// Nodules at least this large count for detection sensitivity (the target).
+pub const DETECTION_MIN_DIAMETER_MM: f64 = 6.0;
+
+/// Images per forward pass during evaluation.
+const EVAL_BATCH: usize = 8;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifierMetrics {
+    pub images: usize,
+    /// ROC AUC per label name.
+    pub auc: BTreeMap<String, f64>,
+}
+
+/// Runs the chest radiograph classifier on `count` radiographs drawn from `seed`.
+pub fn evaluate_classifier(
+    model: &LoadedModel,
+    seed: u64,
+    count: usize,
+) -> Result<ClassifierMetrics, EvaluateError> {
+    let manifest = &model.package.manifest;
+    let examples = synthetic::xray_examples(seed, count, &manifest.input)?;
+    let [rows, columns] = manifest.input.target_size;
+    let labels = manifest.output.labels.len();
+    let mut scores: Vec<Vec<f32>> = vec![Vec::new(); labels];
+    let mut truth: Vec<Vec<bool>> = vec![Vec::new(); labels];
+    for chunk in examples.chunks(EVAL_BATCH) {
+        let data: Vec<f32> = chunk.iter().flat_map(|e| e.image.iter().copied()).collect();
+        let images = TensorData::new(data, [chunk.len(), 1, rows, columns]);
+        let Prediction::Probabilities { values, .. } = model.predict(images)? else {
+            return Err(EvaluateError::Data("the classifier gave masks".into()));
+        };
+        for (i, example) in chunk.iter().enumerate() {
+            for label in 0..labels {
+                scores[label].push(values[i * labels + label]);
+                truth[label].push(example.labels.get(label).copied().unwrap_or(0.0) > 0.5);
+            }
+        }
+    }
+    let mut auc = BTreeMap::new();
+    for (label, spec) in manifest.output.labels.iter().enumerate() {
+        let value = roc_auc(&scores[label], &truth[label]).ok_or_else(|| {
+            EvaluateError::Data(format!("label {} has only one class in the held-out set", spec.name))
+        })?;
+        auc.insert(spec.name.clone(), value);
+    }
+    Ok(ClassifierMetrics {
+        images: examples.len(),
+        auc,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentationMetrics {
+    pub scans: usize,
+    /// Nodules of at least `min_diameter_mm` in the held-out scans.
+    pub nodules: usize,
+    /// Dice over all voxels of all scans (the original 512×512 grid).
+    pub dice: f64,
+    /// Share of nodules ≥ `min_diameter_mm` that a predicted component hits.
+    pub sensitivity: f64,
+    /// Predicted components that match no nodule, per scan.
+    pub false_positives_per_scan: f64,
+    pub min_diameter_mm: f64,
+}
+
+/// Runs the nodule segmenter slice by slice on `scans` phantoms drawn from `seed`.
+pub fn evaluate_segmenter(
+    model: &LoadedModel,
+    seed: u64,
+    scans: usize,
+) -> Result<SegmentationMetrics, EvaluateError> {
+    let (slices, min_diameter_mm) = (synthetic::CT_SLICES, DETECTION_MIN_DIAMETER_MM);
+    let manifest = &model.package.manifest;
+    let [target_rows, target_columns] = manifest.input.target_size;
+    let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
+    let mut overlap = Overlap::default();
+    let (mut nodules, mut hits, mut false_positives, mut scanned) = (0usize, 0usize, 0usize, 0usize);
+    let mut scan_seed = seed;
+    while scanned < scans {
+        scan_seed += 1;
+        let Some(phantom) = synthetic::ct_phantom(scan_seed, slices) else {
+            continue;
+        };
+        scanned += 1;
+        let g = &phantom.geometry;
+        let (rows, columns) = (g.rows as usize, g.columns as usize);
+        let mut predicted = Vec::with_capacity(rows * columns * g.slices);
+        let mut hu = Vec::with_capacity(rows * columns * g.slices);
+        let indices: Vec<usize> = (0..g.slices).collect();
+        for chunk in indices.chunks(EVAL_BATCH) {
+            let mut data = Vec::with_capacity(chunk.len() * target_rows * target_columns);
+            for &index in chunk {
+                let example = synthetic::ct_slice_example(&phantom, index, &manifest.input)?;
+                data.extend_from_slice(&example.image);
+            }
+            let images = TensorData::new(data, [chunk.len(), 1, target_rows, target_columns]);
+            let Prediction::Masks { values, .. } = model.predict(images)? else {
+                return Err(EvaluateError::Data("the segmenter gave scores".into()));
+            };
+            for (i, &index) in chunk.iter().enumerate() {
+                let plane = &values[i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
+                let full = crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
+                let mask: Vec<bool> = full.iter().map(|&p| p >= threshold).collect();
+                let truth: Vec<bool> = phantom.nodule_mask(index).iter().map(|&m| m > 0).collect();
+                overlap.add(&mask, &truth);
+                predicted.extend(mask.iter().map(|&m| u8::from(m)));
+                hu.extend(phantom.render_slice_hu(index));
+            }
+        }
+        let geometry: Vec<SliceGeometry> = (0..g.slices)
+            .map(|i| SliceGeometry {
+                position_mm: g.slice_position(i),
+                row_direction: [1.0, 0.0, 0.0],
+                column_direction: [0.0, 1.0, 0.0],
+                pixel_spacing_mm: [g.pixel_spacing_mm, g.pixel_spacing_mm],
+            })
+            .collect();
+        let volume = MaskVolume {
+            rows,
+            columns,
+            slices: &geometry,
+            mask: &predicted,
+            hu: &hu,
+        };
+        let found = postprocess::measure_nodules(&volume, &ComponentOptions { min_volume_mm3: 10.0 })?;
+        let truth = phantom.nodule_truth();
+        // A component hits a nodule when its centre lies within the nodule's radius + 2 mm.
+        let hits_nodule = |centre: [f64; 3], n: &dicom_samples::ground_truth::NoduleTruth| {
+            let d: f64 = (0..3).map(|k| (centre[k] - n.center_mm[k]).powi(2)).sum::<f64>().sqrt();
+            d <= n.diameter_mm / 2.0 + 2.0
+        };
+        for n in truth.iter().filter(|n| n.diameter_mm >= min_diameter_mm) {
+            nodules += 1;
+            hits += usize::from(found.iter().any(|c| hits_nodule(c.center_mm, n)));
+        }
+        false_positives += found
+            .iter()
+            .filter(|c| !truth.iter().any(|n| hits_nodule(c.center_mm, n)))
+            .count();
+    }
+    Ok(SegmentationMetrics {
+        scans: scanned,
+        nodules,
+        dice: overlap.dice().unwrap_or(0.0),
+        sensitivity: if nodules == 0 { 1.0 } else { hits as f64 / nodules as f64 },
+        false_positives_per_scan: false_positives as f64 / scanned.max(1) as f64,
+        min_diameter_mm,
+    })
+}

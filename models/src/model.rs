@@ -1,0 +1,147 @@
+//! A model ready to serve: package checked, weights loaded on a device, warmed up.
+
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::architecture::{InputError, Network, NetworkOutput};
+use crate::package::{self, ModelPackage, PackageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error("model `{model}`: {source}")]
+    Input {
+        model: String,
+        #[source]
+        source: InputError,
+    },
+    #[error("model `{model}` takes f32 images of shape [batch, {channels}, {rows}, {columns}], got {dtype:?} {shape:?}")]
+    InputLayout {
+        model: String,
+        channels: usize,
+        rows: usize,
+        columns: usize,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
+    #[error("model `{model}`: reading the output back from the device failed: {message}")]
+    Readback { model: String, message: String },
+}
+
+/// Per-image outputs, already through the output activation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prediction {
+    /// `[batch][label]` probabilities.
+    Probabilities { labels: usize, values: Vec<f32> },
+    /// `[batch][label][row][column]` probabilities.
+    Masks {
+        labels: usize,
+        rows: usize,
+        columns: usize,
+        values: Vec<f32>,
+    },
+}
+
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub package: ModelPackage,
+    network: Network,
+    device: Device,
+}
+
+impl LoadedModel {
+    /// Loads `package` on `device` and runs one pass at each of `warm_batch_sizes`, so that
+    /// kernel compilation and autotuning (keyed by shape, batch included) happen now, not on
+    /// the first request.
+    pub fn load(
+        package: ModelPackage,
+        device: &Device,
+        warm_batch_sizes: &[usize],
+    ) -> Result<Self, ModelError> {
+        let network = package::load_network(&package, device)?;
+        let model = LoadedModel {
+            package,
+            network,
+            device: device.clone(),
+        };
+        for &batch in warm_batch_sizes {
+            let [rows, columns] = model.package.manifest.input.target_size;
+            let channels = model.package.manifest.architecture.in_channels();
+            let zeros = Tensor::<4>::zeros([batch.max(1), channels, rows, columns], device);
+            model.forward(zeros)?;
+            tracing::debug!(model = %model.name(), batch, "warmed up");
+        }
+        Ok(model)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.package.manifest.model.name
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs preprocessed images (`[batch, channels, rows, columns]`, f32, as
+    /// [`crate::preprocess::prepare`] makes them) and returns probabilities.
+    pub fn predict(&self, images: TensorData) -> Result<Prediction, ModelError> {
+        let manifest = &self.package.manifest;
+        let channels = manifest.architecture.in_channels();
+        let [rows, columns] = manifest.input.target_size;
+        let shape = images.shape().to_vec();
+        let layout_ok = images.dtype() == DType::F32
+            && shape.len() == 4
+            && shape[1] == channels
+            && shape[2] == rows
+            && shape[3] == columns
+            && shape[0] > 0;
+        if !layout_ok {
+            return Err(ModelError::InputLayout {
+                model: self.name().to_string(),
+                channels,
+                rows,
+                columns,
+                dtype: images.dtype(),
+                shape,
+            });
+        }
+        self.forward(Tensor::from_data(images, &self.device))
+    }
+
+    fn forward(&self, images: Tensor<4>) -> Result<Prediction, ModelError> {
+        let output = self
+            .network
+            .forward_checked(&self.package.manifest.architecture, images)
+            .map_err(|source| ModelError::Input {
+                model: self.name().to_string(),
+                source,
+            })?;
+        let readback = |t: Tensor<1>| {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| ModelError::Readback {
+                    model: self.name().to_string(),
+                    message: format!("{e:?}"),
+                })
+        };
+        Ok(match output {
+            NetworkOutput::Scores(scores) => {
+                let [_, labels] = scores.dims();
+                Prediction::Probabilities {
+                    labels,
+                    values: readback(sigmoid(scores).flatten(0, 1))?,
+                }
+            }
+            NetworkOutput::Maps(maps) => {
+                let [_, labels, rows, columns] = maps.dims();
+                Prediction::Masks {
+                    labels,
+                    rows,
+                    columns,
+                    values: readback(sigmoid(maps).flatten(0, 3))?,
+                }
+            }
+        })
+    }
+}

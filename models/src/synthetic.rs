@@ -1,0 +1,133 @@
+//! Training and evaluation data for the demo models, drawn from `dicom-samples`' phantoms.
+//!
+//! The images go through [`crate::preprocess::prepare`] exactly as served images do, so a
+//! model sees at training time what it will see from a PACS. Seeds decide everything: the
+//! training and the held-out sets differ only by seed.
+
+use dicom_samples::ct::{CtPhantom, CtSpec};
+use dicom_samples::ground_truth::{NoduleTruth, XrayLabel};
+use dicom_samples::radiograph::{RadiographSpec, render_radiograph};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::package::InputSpec;
+use crate::preprocess::{self, PreprocessError, SourceImage};
+
+/// The chest radiograph labels, in the classifier's output order.
+pub const XRAY_LABELS: [XrayLabel; 4] = XrayLabel::ALL;
+
+/// Edge of the rendered radiographs (a 358 mm field, as the generator's default).
+pub const XRAY_RENDER_EDGE: u32 = 512;
+const XRAY_FIELD_MM: f64 = 358.4;
+
+/// One preprocessed radiograph and its labels (1.0 present, 0.0 absent).
+#[derive(Debug, Clone)]
+pub struct XrayExample {
+    pub image: Vec<f32>,
+    pub labels: [f32; 4],
+}
+
+/// `count` radiographs from `seed`: each label present with probability 0.4, MONOCHROME1 in
+/// a quarter of them.
+pub fn xray_examples(
+    seed: u64,
+    count: usize,
+    spec: &InputSpec,
+) -> Result<Vec<XrayExample>, PreprocessError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut examples = Vec::with_capacity(count);
+    while examples.len() < count {
+        let findings: Vec<XrayLabel> = XRAY_LABELS
+            .iter()
+            .copied()
+            .filter(|_| rng.random_bool(0.4))
+            .collect();
+        let render_spec = RadiographSpec {
+            rows: XRAY_RENDER_EDGE,
+            columns: XRAY_RENDER_EDGE,
+            pixel_spacing_mm: XRAY_FIELD_MM / f64::from(XRAY_RENDER_EDGE),
+            monochrome1: rng.random_bool(0.25),
+            findings: findings.clone(),
+        };
+        let image_seed = rng.random::<u64>();
+        // A finding that finds no room is a different study, not an error: draw again.
+        let Ok(rendered) = render_radiograph(&render_spec, &mut ChaCha8Rng::seed_from_u64(image_seed)) else {
+            continue;
+        };
+        let values: Vec<f32> = rendered.pixels.iter().map(|&v| f32::from(v)).collect();
+        let source = SourceImage {
+            rows: XRAY_RENDER_EDGE as usize,
+            columns: XRAY_RENDER_EDGE as usize,
+            values: &values,
+            monochrome1: render_spec.monochrome1,
+            voi_window: Some((rendered.window_center, rendered.window_width)),
+        };
+        let mut image = Vec::new();
+        preprocess::prepare(&source, spec, &mut image)?;
+        let labels = XRAY_LABELS.map(|label| if findings.contains(&label) { 1.0 } else { 0.0 });
+        examples.push(XrayExample { image, labels });
+    }
+    Ok(examples)
+}
+
+/// Slices of each training and held-out CT scan.
+pub const CT_SLICES: usize = 80;
+
+/// A chest CT phantom with at least one nodule, as the generator's CLI would scan it.
+pub fn ct_phantom(seed: u64, slices: usize) -> Option<CtPhantom> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut spec = CtSpec::random_chest(&mut rng, slices, (4.0, 30.0));
+    spec.nodule_count = rng.random_range(1..=4);
+    CtPhantom::new(&spec, &mut rng).ok()
+}
+
+/// One preprocessed CT slice and its nodule mask at the network's size (area fractions 0..1).
+#[derive(Debug, Clone)]
+pub struct CtSliceExample {
+    pub image: Vec<f32>,
+    pub mask: Vec<f32>,
+}
+
+/// Preprocesses slice `index` of `phantom`, with its mask resized the same way.
+pub fn ct_slice_example(
+    phantom: &CtPhantom,
+    index: usize,
+    spec: &InputSpec,
+) -> Result<CtSliceExample, PreprocessError> {
+    let g = &phantom.geometry;
+    let (rows, columns) = (g.rows as usize, g.columns as usize);
+    let hu = phantom.render_slice_hu(index);
+    let source = SourceImage {
+        rows,
+        columns,
+        values: &hu,
+        monochrome1: false,
+        voi_window: None,
+    };
+    let mut image = Vec::new();
+    preprocess::prepare(&source, spec, &mut image)?;
+    let mask: Vec<f32> = phantom
+        .nodule_mask(index)
+        .iter()
+        .map(|&m| if m > 0 { 1.0 } else { 0.0 })
+        .collect();
+    let [target_rows, target_columns] = spec.target_size;
+    let mask = preprocess::resize(&mask, rows, columns, target_rows, target_columns);
+    Ok(CtSliceExample { image, mask })
+}
+
+/// Slices of `phantom` worth training on: every slice a nodule touches, and a few others.
+pub fn ct_training_slices(phantom: &CtPhantom, rng: &mut impl Rng) -> Vec<usize> {
+    let truth: Vec<NoduleTruth> = phantom.nodule_truth();
+    let mut slices: Vec<usize> = truth
+        .iter()
+        .flat_map(|n| n.slice_range[0]..=n.slice_range[1])
+        .collect();
+    let positives = slices.len().max(1);
+    for _ in 0..positives.div_ceil(2) {
+        slices.push(rng.random_range(0..phantom.geometry.slices));
+    }
+    slices.sort_unstable();
+    slices.dedup();
+    slices
+}
