@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "test.sh: cargo not found; install Rust (rustup, stable >= 1.85) first" >&2
+    echo "test.sh: cargo not found; install Rust (rustup, stable >= 1.95) first" >&2
     exit 1
 fi
 # dcmtk waits ~40 ms per message on Nagle's algorithm unless told otherwise.

@@ -211,7 +211,11 @@ fn auto() -> SelectedDevice {
         })
         .collect();
     if let Some(found) = adapters.into_iter().find(|f| f.physical) {
-        return pick(found, "wgpu", "auto: a wgpu GPU adapter is present".to_string());
+        return pick(
+            found,
+            "wgpu",
+            "auto: a wgpu GPU adapter is present".to_string(),
+        );
     }
     let reason = if seen.is_empty() {
         "auto: no GPU adapter found".to_string()

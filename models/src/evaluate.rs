@@ -65,7 +65,10 @@ pub fn evaluate_classifier(
     let mut auc = BTreeMap::new();
     for (label, spec) in manifest.output.labels.iter().enumerate() {
         let value = roc_auc(&scores[label], &truth[label]).ok_or_else(|| {
-            EvaluateError::Data(format!("label {} has only one class in the held-out set", spec.name))
+            EvaluateError::Data(format!(
+                "label {} has only one class in the held-out set",
+                spec.name
+            ))
         })?;
         auc.insert(spec.name.clone(), value);
     }
@@ -100,7 +103,8 @@ pub fn evaluate_segmenter(
     let [target_rows, target_columns] = manifest.input.target_size;
     let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
     let mut overlap = Overlap::default();
-    let (mut nodules, mut hits, mut false_positives, mut scanned) = (0usize, 0usize, 0usize, 0usize);
+    let (mut nodules, mut hits, mut false_positives, mut scanned) =
+        (0usize, 0usize, 0usize, 0usize);
     let mut scan_seed = seed;
     while scanned < scans {
         scan_seed += 1;
@@ -124,8 +128,10 @@ pub fn evaluate_segmenter(
                 return Err(EvaluateError::Data("the segmenter gave scores".into()));
             };
             for (i, &index) in chunk.iter().enumerate() {
-                let plane = &values[i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
-                let full = crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
+                let plane = &values
+                    [i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
+                let full =
+                    crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
                 let mask: Vec<bool> = full.iter().map(|&p| p >= threshold).collect();
                 let truth: Vec<bool> = phantom.nodule_mask(index).iter().map(|&m| m > 0).collect();
                 overlap.add(&mask, &truth);
@@ -148,11 +154,19 @@ pub fn evaluate_segmenter(
             mask: &predicted,
             hu: &hu,
         };
-        let found = postprocess::measure_nodules(&volume, &ComponentOptions { min_volume_mm3: 10.0 })?;
+        let found = postprocess::measure_nodules(
+            &volume,
+            &ComponentOptions {
+                min_volume_mm3: 10.0,
+            },
+        )?;
         let truth = phantom.nodule_truth();
         // A component hits a nodule when its centre lies within the nodule's radius + 2 mm.
         let hits_nodule = |centre: [f64; 3], n: &dicom_samples::ground_truth::NoduleTruth| {
-            let d: f64 = (0..3).map(|k| (centre[k] - n.center_mm[k]).powi(2)).sum::<f64>().sqrt();
+            let d: f64 = (0..3)
+                .map(|k| (centre[k] - n.center_mm[k]).powi(2))
+                .sum::<f64>()
+                .sqrt();
             d <= n.diameter_mm / 2.0 + 2.0
         };
         for n in truth.iter().filter(|n| n.diameter_mm >= min_diameter_mm) {
@@ -168,7 +182,11 @@ pub fn evaluate_segmenter(
         scans: scanned,
         nodules,
         dice: overlap.dice().unwrap_or(0.0),
-        sensitivity: if nodules == 0 { 1.0 } else { hits as f64 / nodules as f64 },
+        sensitivity: if nodules == 0 {
+            1.0
+        } else {
+            hits as f64 / nodules as f64
+        },
         false_positives_per_scan: false_positives as f64 / scanned.max(1) as f64,
         min_diameter_mm,
     })

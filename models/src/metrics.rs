@@ -3,7 +3,11 @@
 /// Area under the ROC curve: the probability that a random positive scores above a random
 /// negative (ties count half). `None` when either class is absent.
 pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
-    let mut pairs: Vec<(f32, bool)> = scores.iter().copied().zip(positive.iter().copied()).collect();
+    let mut pairs: Vec<(f32, bool)> = scores
+        .iter()
+        .copied()
+        .zip(positive.iter().copied())
+        .collect();
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let positives = pairs.iter().filter(|p| p.1).count();
     let negatives = pairs.len() - positives;

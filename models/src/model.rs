@@ -16,7 +16,9 @@ pub enum ModelError {
         #[source]
         source: InputError,
     },
-    #[error("model `{model}` takes f32 images of shape [batch, {channels}, {rows}, {columns}], got {dtype:?} {shape:?}")]
+    #[error(
+        "model `{model}` takes f32 images of shape [batch, {channels}, {rows}, {columns}], got {dtype:?} {shape:?}"
+    )]
     InputLayout {
         model: String,
         channels: usize,

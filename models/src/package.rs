@@ -207,8 +207,8 @@ impl ModelPackage {
                 "manifest is {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
             )));
         }
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| io(format!("cannot read the manifest: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| io(format!("cannot read the manifest: {e}")))?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| PackageError::Manifest {
             path: path.clone(),
             message: e.to_string(),
@@ -227,9 +227,8 @@ impl ModelPackage {
     /// Reads the weights, checks their SHA-256 against the manifest and returns the bytes.
     pub fn read_verified_weights(&self) -> Result<Vec<u8>, PackageError> {
         let path = self.weights_path();
-        let metadata = std::fs::metadata(&path).map_err(|_| PackageError::MissingWeights {
-            path: path.clone(),
-        })?;
+        let metadata = std::fs::metadata(&path)
+            .map_err(|_| PackageError::MissingWeights { path: path.clone() })?;
         if !metadata.is_file() {
             return Err(PackageError::MissingWeights { path });
         }
@@ -326,20 +325,37 @@ fn validate(manifest: &Manifest, path: &Path) -> Result<(), PackageError> {
     let input = &manifest.input;
     let (min, multiple) = manifest.architecture.input_constraint();
     let [rows, columns] = input.target_size;
-    if rows < min || columns < min || rows % multiple != 0 || columns % multiple != 0 || rows > 4096 || columns > 4096 {
+    if rows < min
+        || columns < min
+        || rows % multiple != 0
+        || columns % multiple != 0
+        || rows > 4096
+        || columns > 4096
+    {
         return Err(spec(format!(
             "input.target_size {rows}×{columns} does not fit the architecture (at least {min}, a multiple of {multiple}, at most 4096)"
         )));
     }
-    if !(input.normalisation.std.is_finite() && input.normalisation.std > 0.0 && input.normalisation.mean.is_finite()) {
-        return Err(spec("input.normalisation needs a finite mean and a positive std".into()));
+    if !(input.normalisation.std.is_finite()
+        && input.normalisation.std > 0.0
+        && input.normalisation.mean.is_finite())
+    {
+        return Err(spec(
+            "input.normalisation needs a finite mean and a positive std".into(),
+        ));
     }
     match input.intensity {
-        Intensity::Window { center, width } if !(center.is_finite() && width.is_finite() && width > 0.0) => {
-            return Err(spec("input.intensity window needs a finite center and a positive width".into()));
+        Intensity::Window { center, width }
+            if !(center.is_finite() && width.is_finite() && width > 0.0) =>
+        {
+            return Err(spec(
+                "input.intensity window needs a finite center and a positive width".into(),
+            ));
         }
         Intensity::HuClip { min, max } if !(min.is_finite() && max.is_finite() && min < max) => {
-            return Err(spec("input.intensity hu_clip needs finite min < max".into()));
+            return Err(spec(
+                "input.intensity hu_clip needs finite min < max".into(),
+            ));
         }
         _ => {}
     }

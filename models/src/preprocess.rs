@@ -31,7 +31,9 @@ pub enum PreprocessError {
     },
     #[error("image size {rows}×{columns} is outside 1..={MAX_SOURCE_EDGE} per edge")]
     BadSize { rows: usize, columns: usize },
-    #[error("the model windows with the image's VOI window, and the image has none (WindowCenter/WindowWidth)")]
+    #[error(
+        "the model windows with the image's VOI window, and the image has none (WindowCenter/WindowWidth)"
+    )]
     NoVoiWindow,
     #[error("the image's VOI window width {0} is not positive")]
     BadVoiWindow(f64),
@@ -218,7 +220,10 @@ mod tests {
         let err = prepare(&image, &spec(Intensity::VoiWindow, [2, 2]), &mut out).unwrap_err();
         assert!(matches!(err, PreprocessError::LengthMismatch { .. }));
         let values = [0.0; 4];
-        let image = SourceImage { values: &values, ..image };
+        let image = SourceImage {
+            values: &values,
+            ..image
+        };
         let err = prepare(&image, &spec(Intensity::VoiWindow, [2, 2]), &mut out).unwrap_err();
         assert_eq!(err, PreprocessError::NoVoiWindow);
     }

@@ -51,7 +51,9 @@ pub fn xray_examples(
         };
         let image_seed = rng.random::<u64>();
         // A finding that finds no room is a different study, not an error: draw again.
-        let Ok(rendered) = render_radiograph(&render_spec, &mut ChaCha8Rng::seed_from_u64(image_seed)) else {
+        let Ok(rendered) =
+            render_radiograph(&render_spec, &mut ChaCha8Rng::seed_from_u64(image_seed))
+        else {
             continue;
         };
         let values: Vec<f32> = rendered.pixels.iter().map(|&v| f32::from(v)).collect();

@@ -46,7 +46,9 @@ pub enum WeightsError {
     Read { path: PathBuf, message: String },
     #[error("cannot write weights {path}: {message}")]
     Write { path: PathBuf, message: String },
-    #[error("parameter `{parameter}` has shape {found:?} in the weights, the network expects {expected:?}")]
+    #[error(
+        "parameter `{parameter}` has shape {found:?} in the weights, the network expects {expected:?}"
+    )]
     ShapeMismatch {
         parameter: String,
         expected: Vec<usize>,

@@ -26,10 +26,21 @@ fn wgpu_finds_an_adapter_and_auto_explains_its_choice() {
     assert_eq!(wgpu.backend, "wgpu");
     let auto = select_device(DeviceChoice::Auto).expect("auto never fails");
     if wgpu.is_gpu() {
-        assert_eq!(auto.backend, "wgpu", "auto takes a real GPU: {}", auto.reason);
+        assert_eq!(
+            auto.backend, "wgpu",
+            "auto takes a real GPU: {}",
+            auto.reason
+        );
     } else {
-        assert_eq!(auto.backend, "flex", "auto prefers the CPU backend to a software adapter");
-        assert!(auto.reason.contains(&wgpu.adapter), "reason names what it saw: {}", auto.reason);
+        assert_eq!(
+            auto.backend, "flex",
+            "auto prefers the CPU backend to a software adapter"
+        );
+        assert!(
+            auto.reason.contains(&wgpu.adapter),
+            "reason names what it saw: {}",
+            auto.reason
+        );
     }
 }
 

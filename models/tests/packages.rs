@@ -30,8 +30,12 @@ fn card_metric(model: &LoadedModel, key: &str) -> f64 {
 fn held_out(model: &LoadedModel) -> (u64, usize) {
     let training = &model.package.manifest.training;
     (
-        training.evaluation_seed.expect("card names its held-out seed"),
-        training.evaluation_studies.expect("card names its held-out size"),
+        training
+            .evaluation_seed
+            .expect("card names its held-out seed"),
+        training
+            .evaluation_studies
+            .expect("card names its held-out size"),
     )
 }
 
@@ -41,13 +45,23 @@ const SAME_RUN: f64 = 1e-3;
 #[test]
 fn chest_xray_classifier_meets_its_card() {
     let model = load("chest-xray-findings");
-    assert!(model.package.manifest.model.disclaimer.contains("not for clinical use"));
+    assert!(
+        model
+            .package
+            .manifest
+            .model
+            .disclaimer
+            .contains("not for clinical use")
+    );
     let (seed, count) = held_out(&model);
     let metrics = evaluate::evaluate_classifier(&model, seed, count).expect("evaluation");
     assert_eq!(metrics.auc.len(), 4);
     for (label, auc) in &metrics.auc {
         let card = card_metric(&model, &format!("auc.{label}"));
-        assert!((auc - card).abs() <= SAME_RUN, "{label}: recomputed AUC {auc}, card {card}");
+        assert!(
+            (auc - card).abs() <= SAME_RUN,
+            "{label}: recomputed AUC {auc}, card {card}"
+        );
         assert!(*auc >= 0.95, "{label}: AUC {auc} below the 0.95 target");
     }
 }
@@ -55,7 +69,14 @@ fn chest_xray_classifier_meets_its_card() {
 #[test]
 fn ct_nodule_segmenter_meets_its_card() {
     let model = load("ct-lung-nodule");
-    assert!(model.package.manifest.model.disclaimer.contains("not for clinical use"));
+    assert!(
+        model
+            .package
+            .manifest
+            .model
+            .disclaimer
+            .contains("not for clinical use")
+    );
     let (seed, scans) = held_out(&model);
     let m = evaluate::evaluate_segmenter(&model, seed, scans).expect("evaluation");
     for (key, value) in [
@@ -64,12 +85,23 @@ fn ct_nodule_segmenter_meets_its_card() {
         ("false_positives_per_scan", m.false_positives_per_scan),
     ] {
         let card = card_metric(&model, key);
-        assert!((value - card).abs() <= SAME_RUN, "{key}: recomputed {value}, card {card}");
+        assert!(
+            (value - card).abs() <= SAME_RUN,
+            "{key}: recomputed {value}, card {card}"
+        );
     }
     assert!(m.nodules > 0, "the held-out set has nodules ≥ 6 mm");
     assert!(m.dice >= 0.80, "Dice {} below 0.80", m.dice);
-    assert!(m.sensitivity >= 0.90, "sensitivity {} below 0.90", m.sensitivity);
-    assert!(m.false_positives_per_scan <= 1.0, "{} false positives per scan", m.false_positives_per_scan);
+    assert!(
+        m.sensitivity >= 0.90,
+        "sensitivity {} below 0.90",
+        m.sensitivity
+    );
+    assert!(
+        m.false_positives_per_scan <= 1.0,
+        "{} false positives per scan",
+        m.false_positives_per_scan
+    );
 }
 
 /// Copies a demo package to a temporary directory so a test can break it.
@@ -101,7 +133,13 @@ fn a_missing_weights_file_is_named() {
     let dir = broken_copy("chest-xray-findings");
     std::fs::remove_file(dir.path().join("weights.bpk")).expect("remove");
     let err = load_error(dir.path());
-    assert!(matches!(err, ModelError::Package(PackageError::MissingWeights { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::Package(PackageError::MissingWeights { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("weights.bpk"), "{err}");
 }
 
@@ -114,7 +152,10 @@ fn a_wrong_hash_is_refused() {
     bytes[last] ^= 0xff;
     std::fs::write(&path, bytes).expect("write");
     let err = load_error(dir.path());
-    assert!(matches!(err, ModelError::Package(PackageError::HashMismatch { .. })), "{err}");
+    assert!(
+        matches!(err, ModelError::Package(PackageError::HashMismatch { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,7 +177,10 @@ fn an_unknown_architecture_is_refused() {
     let dir = broken_copy("chest-xray-findings");
     edit_manifest(dir.path(), "name = \"densenet\"", "name = \"vit\"");
     let err = load_error(dir.path());
-    assert!(matches!(err, ModelError::Package(PackageError::Manifest { .. })), "{err}");
+    assert!(
+        matches!(err, ModelError::Package(PackageError::Manifest { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("vit"), "{err}");
 }
 
@@ -162,7 +206,10 @@ fn bad_inputs_are_errors_not_panics() {
     for images in cases {
         let shape = images.shape().to_vec();
         let err = model.predict(images).expect_err("bad input");
-        assert!(matches!(err, ModelError::InputLayout { .. }), "{shape:?}: {err}");
+        assert!(
+            matches!(err, ModelError::InputLayout { .. }),
+            "{shape:?}: {err}"
+        );
         assert!(err.to_string().contains("takes f32 images"), "{err}");
     }
 }

@@ -113,7 +113,8 @@ fn safetensors_match_on_the_cpu_backend() {
 #[test]
 fn pytorch_state_dicts_match_on_wgpu() {
     // lavapipe on CI and on machines without a GPU; a real adapter where there is one.
-    let selected = select_device(DeviceChoice::Wgpu).expect("a wgpu adapter (install mesa-vulkan-drivers)");
+    let selected =
+        select_device(DeviceChoice::Wgpu).expect("a wgpu adapter (install mesa-vulkan-drivers)");
     for name in FIXTURES {
         check_parity(name, &format!("{name}.pt"), &selected.device);
     }
@@ -126,8 +127,12 @@ fn burnpack_round_trip_keeps_the_outputs() {
     for name in ["resnet18_small", "densenet121_small", "basicunet_small"] {
         let architecture = config(name);
         let mut network = architecture.init(&device).expect("config");
-        weights::load_file(&mut network, &architecture, &fixtures().join(format!("{name}.pt")))
-            .expect("load");
+        weights::load_file(
+            &mut network,
+            &architecture,
+            &fixtures().join(format!("{name}.pt")),
+        )
+        .expect("load");
         let path = dir.path().join(format!("{name}.bpk"));
         weights::save_burnpack(&network, &path).expect("save");
         check_parity(name, &path.to_string_lossy(), &device);
@@ -145,8 +150,9 @@ fn zero_state_dict(entries: &[(String, Vec<usize>)], path: &Path) {
         .zip(&buffers)
         .filter(|((key, _), _)| !key.ends_with("num_batches_tracked"))
         .map(|((key, shape), data)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .expect("view");
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .expect("view");
             (key.clone(), view)
         })
         .collect();
@@ -154,7 +160,8 @@ fn zero_state_dict(entries: &[(String, Vec<usize>)], path: &Path) {
 }
 
 fn reference_keys(model: &str) -> Vec<(String, Vec<usize>)> {
-    let text = std::fs::read_to_string(fixtures().join("reference_keys.json")).expect("reference_keys.json");
+    let text = std::fs::read_to_string(fixtures().join("reference_keys.json"))
+        .expect("reference_keys.json");
     let all: serde_json::Value = serde_json::from_str(&text).expect("json");
     all[model]
         .as_array()
@@ -180,10 +187,36 @@ fn key_maps_cover_the_full_size_reference_models() {
     let device = Device::flex();
     let dir = tempfile::tempdir().expect("temp dir");
     let cases = [
-        ("resnet18", ArchitectureConfig::Resnet(ResNetConfig { depth: 18, in_channels: 3, num_outputs: 1000, base_width: 64 })),
-        ("resnet34", ArchitectureConfig::Resnet(ResNetConfig { depth: 34, in_channels: 3, num_outputs: 1000, base_width: 64 })),
-        ("densenet121", ArchitectureConfig::Densenet(DenseNetConfig::densenet121(3, 1000))),
-        ("basicunet", ArchitectureConfig::Unet(UNetConfig { in_channels: 1, num_outputs: 2, features: [32, 32, 64, 128, 256, 32] })),
+        (
+            "resnet18",
+            ArchitectureConfig::Resnet(ResNetConfig {
+                depth: 18,
+                in_channels: 3,
+                num_outputs: 1000,
+                base_width: 64,
+            }),
+        ),
+        (
+            "resnet34",
+            ArchitectureConfig::Resnet(ResNetConfig {
+                depth: 34,
+                in_channels: 3,
+                num_outputs: 1000,
+                base_width: 64,
+            }),
+        ),
+        (
+            "densenet121",
+            ArchitectureConfig::Densenet(DenseNetConfig::densenet121(3, 1000)),
+        ),
+        (
+            "basicunet",
+            ArchitectureConfig::Unet(UNetConfig {
+                in_channels: 1,
+                num_outputs: 2,
+                features: [32, 32, 64, 128, 256, 32],
+            }),
+        ),
     ];
     for (model, architecture) in cases {
         let path = dir.path().join(format!("{model}.safetensors"));
@@ -195,7 +228,10 @@ fn key_maps_cover_the_full_size_reference_models() {
             .iter()
             .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
             .count();
-        assert_eq!(report.tensors_applied, tensors, "{model}: every reference tensor applied");
+        assert_eq!(
+            report.tensors_applied, tensors,
+            "{model}: every reference tensor applied"
+        );
     }
 }
 
@@ -208,10 +244,16 @@ fn a_wrong_shape_names_the_parameter() {
         c.num_outputs = 4;
     }
     let mut network = architecture.init(&device).expect("config");
-    let err = weights::load_file(&mut network, &architecture, &fixtures().join("resnet18_small.pt"))
-        .expect_err("shape mismatch");
+    let err = weights::load_file(
+        &mut network,
+        &architecture,
+        &fixtures().join("resnet18_small.pt"),
+    )
+    .expect_err("shape mismatch");
     match &err {
-        WeightsError::ShapeMismatch { parameter, .. } => assert!(parameter.starts_with("fc."), "{err}"),
+        WeightsError::ShapeMismatch { parameter, .. } => {
+            assert!(parameter.starts_with("fc."), "{err}")
+        }
         other => panic!("expected a shape mismatch, got {other}"),
     }
 }
@@ -221,6 +263,7 @@ fn a_missing_weights_file_is_an_error() {
     let device = Device::flex();
     let architecture = config("resnet18_small");
     let mut network = architecture.init(&device).expect("config");
-    let err = weights::load_file(&mut network, &architecture, &fixtures().join("nope.pt")).expect_err("missing");
+    let err = weights::load_file(&mut network, &architecture, &fixtures().join("nope.pt"))
+        .expect_err("missing");
     assert!(err.to_string().contains("no such file"), "{err}");
 }

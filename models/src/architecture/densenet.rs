@@ -175,7 +175,9 @@ impl DenseBlock {
     ) -> Self {
         DenseBlock {
             layers: (0..layers)
-                .map(|i| DenseLayer::new(channels_in + i * growth_rate, growth_rate, bn_size, device))
+                .map(|i| {
+                    DenseLayer::new(channels_in + i * growth_rate, growth_rate, bn_size, device)
+                })
                 .collect(),
         }
     }

@@ -26,7 +26,12 @@ pub(crate) fn check_positive(name: &str, value: usize) -> Result<(), ConfigError
     check_range(name, value, 1, 100_000)
 }
 
-pub(crate) fn check_range(name: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+pub(crate) fn check_range(
+    name: &str,
+    value: usize,
+    min: usize,
+    max: usize,
+) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -101,7 +106,9 @@ impl ArchitectureConfig {
     /// Builds the network with freshly initialised weights on `device`.
     pub fn init(&self, device: &Device) -> Result<Network, ConfigError> {
         Ok(match self {
-            ArchitectureConfig::Densenet(config) => Network::DenseNet(Box::new(config.init(device)?)),
+            ArchitectureConfig::Densenet(config) => {
+                Network::DenseNet(Box::new(config.init(device)?))
+            }
             ArchitectureConfig::Resnet(config) => Network::ResNet(Box::new(config.init(device)?)),
             ArchitectureConfig::Unet(config) => Network::UNet(Box::new(config.init(device)?)),
         })
@@ -114,9 +121,17 @@ pub enum InputError {
     #[error("the model takes {expected} input channel(s), got {found}")]
     Channels { expected: usize, found: usize },
     #[error("the model needs images of at least {min}×{min} pixels, got {height}×{width}")]
-    TooSmall { min: usize, height: usize, width: usize },
+    TooSmall {
+        min: usize,
+        height: usize,
+        width: usize,
+    },
     #[error("the model needs height and width to be multiples of {multiple}, got {height}×{width}")]
-    NotMultiple { multiple: usize, height: usize, width: usize },
+    NotMultiple {
+        multiple: usize,
+        height: usize,
+        width: usize,
+    },
     #[error("the batch is empty")]
     EmptyBatch,
 }

@@ -94,7 +94,9 @@ fn conv(
 ) -> Conv2d {
     Conv2dConfig::new([channels_in, channels_out], [kernel, kernel])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+        .with_padding(PaddingConfig2d::Explicit(
+            padding, padding, padding, padding,
+        ))
         .with_bias(false)
         .init(device)
 }

@@ -2,8 +2,8 @@
 //! held-out metrics). Seeded: the same command gives the same package.
 //!
 //! ```text
-//! cargo run -p radserve-models --release --bin train -- chest-xray-findings --out models/zoo/chest-xray-findings
-//! cargo run -p radserve-models --release --bin train -- ct-lung-nodule --out models/zoo/ct-lung-nodule
+//! cargo run -p radserve-models --bin train -- chest-xray-findings --out models/zoo/chest-xray-findings
+//! cargo run -p radserve-models --bin train -- ct-lung-nodule --out models/zoo/ct-lung-nodule
 //! ```
 
 use std::collections::BTreeMap;
@@ -16,9 +16,6 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use radserve_models::architecture::{ArchitectureConfig, DenseNetConfig, Network, UNetConfig};
 use radserve_models::evaluate;
 use radserve_models::model::LoadedModel;
@@ -28,6 +25,9 @@ use radserve_models::package::{
 };
 use radserve_models::synthetic;
 use radserve_models::weights;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 
 #[derive(Parser)]
 #[command(about = "Train radserve's demo models on synthetic studies")]
@@ -97,8 +97,10 @@ fn check_args(args: &TrainArgs) -> Result<()> {
 fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} loss {prefix}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} loss {prefix}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(what.to_string());
     bar
@@ -154,11 +156,73 @@ fn write_package(
     let model = LoadedModel::load(ModelPackage::open(out)?, &Device::flex(), &[])?;
     manifest.metrics = metrics_of(&model)?;
     std::fs::write(out.join("model.toml"), toml::to_string_pretty(&manifest)?)?;
+    std::fs::write(
+        out.join("MODEL_CARD.md"),
+        model_card(&manifest, bytes.len()),
+    )?;
     println!("wrote {} ({} bytes of weights)", out.display(), bytes.len());
     for (name, value) in &manifest.metrics {
         println!("  {name} = {value:.4}");
     }
     Ok(())
+}
+
+/// The human-readable card, from the manifest so the two cannot disagree.
+fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
+    let m = &manifest.model;
+    let t = &manifest.training;
+    let mut card = format!(
+        "# {} {}\n\n**{}**\n\n{}\n\n## Intended use\n{}\n\n## Input\n",
+        m.name, m.version, m.disclaimer, m.description, m.intended_use
+    );
+    let input = &manifest.input;
+    card += &format!(
+        "- modalities {}, body part {}; {}×{} pixels; intensity {:?}; normalised with mean {} and std {}{}\n",
+        input.modalities.join("/"),
+        input.body_part,
+        input.target_size[0],
+        input.target_size[1],
+        input.intensity,
+        input.normalisation.mean,
+        input.normalisation.std,
+        if input.slice_by_slice {
+            "; one axial slice at a time"
+        } else {
+            ""
+        }
+    );
+    card += "\n## Output\n| label | code | meaning | threshold |\n|---|---|---|---:|\n";
+    for label in &manifest.output.labels {
+        card += &format!(
+            "| {} | {} {} | {} | {} |\n",
+            label.name, label.code.scheme, label.code.value, label.code.meaning, label.threshold
+        );
+    }
+    card += &format!(
+        "\n## Architecture\n`{}` ({} bytes of burnpack weights, SHA-256 `{}`)\n",
+        toml::to_string(&manifest.architecture)
+            .unwrap_or_default()
+            .replace('\n', "; "),
+        weights_bytes,
+        manifest.weights.sha256
+    );
+    card += &format!(
+        "\n## Training\n- data: {}\n- command: `{}`\n- time: {} s on a 2-core CPU (burn's flex backend, autodiff)\n",
+        t.data,
+        t.command,
+        t.duration_s
+            .map_or_else(|| "?".to_string(), |d| d.to_string())
+    );
+    card += &format!(
+        "\n## Metrics on held-out synthetic data\n{}\n\n| metric | value |\n|---|---:|\n",
+        t.evaluation
+    );
+    for (name, value) in &manifest.metrics {
+        card += &format!("| {name} | {value:.4} |\n");
+    }
+    card += "\nRecomputed by `cargo test -p radserve-models --test packages` from the package and the seeds above.\n\n";
+    card += "## Limits\nTrained and evaluated only on synthetic phantoms from `dicom-samples`: the numbers say the pipeline works, not that the model reads real images.\n";
+    card
 }
 
 fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usize) -> Manifest {
@@ -198,7 +262,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
         },
         training: TrainingInfo {
             data: format!("{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4", args.seed),
-            command: format!("cargo run -p radserve-models --release --bin train -- {command}"),
+            command: format!("cargo run -p radserve-models --bin train -- {command}"),
             duration_s: None,
             evaluation: format!("{eval} held-out synthetic radiographs, seed {}", args.eval_seed),
             evaluation_seed: Some(args.eval_seed),
@@ -233,7 +297,9 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
         let batches = order.len().div_ceil(args.batch);
         let bar = progress(batches as u64, &format!("epoch {}/{epochs}", epoch + 1));
         // Cosine decay: large steps early, fine ones at the end.
-        let lr = args.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        let lr = args.learning_rate
+            * 0.5
+            * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
         for batch in order.chunks(args.batch) {
             let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
             let mut targets = Vec::with_capacity(batch.len() * 4);
@@ -241,8 +307,12 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
                 pixels.extend_from_slice(&examples[i].image);
                 targets.extend_from_slice(&examples[i].labels);
             }
-            let images = Tensor::<4>::from_data(TensorData::new(pixels, [batch.len(), 1, rows, columns]), &device);
-            let targets = Tensor::<2>::from_data(TensorData::new(targets, [batch.len(), 4]), &device);
+            let images = Tensor::<4>::from_data(
+                TensorData::new(pixels, [batch.len(), 1, rows, columns]),
+                &device,
+            );
+            let targets =
+                Tensor::<2>::from_data(TensorData::new(targets, [batch.len(), 4]), &device);
             let loss = bce_with_logits(model.forward(images), targets);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             bar.set_prefix(format!("{:.4}", scalar(loss)));
@@ -255,7 +325,11 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     let network = Network::DenseNet(Box::new(model));
     write_package(&args.out, manifest, &network, |loaded| {
         let metrics = evaluate::evaluate_classifier(loaded, args.eval_seed, eval)?;
-        Ok(metrics.auc.into_iter().map(|(label, auc)| (format!("auc.{label}"), auc)).collect())
+        Ok(metrics
+            .auc
+            .into_iter()
+            .map(|(label, auc)| (format!("auc.{label}"), auc))
+            .collect())
     })
 }
 
@@ -288,7 +362,7 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
         },
         training: TrainingInfo {
             data: format!("slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and half as many others", args.seed),
-            command: format!("cargo run -p radserve-models --release --bin train -- {command}"),
+            command: format!("cargo run -p radserve-models --bin train -- {command}"),
             duration_s: None,
             evaluation: format!("{eval} held-out synthetic CTs of 80 slices, seed {}; Dice on the 512×512 grid; detection for nodules ≥ 6 mm", args.eval_seed),
             evaluation_seed: Some(args.eval_seed),
@@ -316,10 +390,16 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
     let mut scans = 0;
     while scans < studies {
         seed += 1;
-        let Some(phantom) = synthetic::ct_phantom(seed, synthetic::CT_SLICES) else { continue };
+        let Some(phantom) = synthetic::ct_phantom(seed, synthetic::CT_SLICES) else {
+            continue;
+        };
         scans += 1;
         for index in synthetic::ct_training_slices(&phantom, &mut rng) {
-            examples.push(synthetic::ct_slice_example(&phantom, index, &manifest.input)?);
+            examples.push(synthetic::ct_slice_example(
+                &phantom,
+                index,
+                &manifest.input,
+            )?);
         }
     }
     println!("{} training slices", examples.len());
@@ -333,7 +413,9 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         order.shuffle(&mut rng);
         let batches = order.len().div_ceil(args.batch);
         let bar = progress(batches as u64, &format!("epoch {}/{epochs}", epoch + 1));
-        let lr = args.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        let lr = args.learning_rate
+            * 0.5
+            * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
         for batch in order.chunks(args.batch) {
             let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
             let mut masks = Vec::with_capacity(batch.len() * rows * columns);
@@ -349,7 +431,11 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
             let probabilities = sigmoid(logits.clone());
             let intersection = (probabilities.clone() * targets.clone()).sum();
             let total = probabilities.sum() + targets.clone().sum();
-            let dice_loss = intersection.mul_scalar(-2.0).add_scalar(-1.0).div(total.add_scalar(1.0)).add_scalar(1.0);
+            let dice_loss = intersection
+                .mul_scalar(-2.0)
+                .add_scalar(-1.0)
+                .div(total.add_scalar(1.0))
+                .add_scalar(1.0);
             let loss = bce_with_logits(logits, targets) + dice_loss;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             bar.set_prefix(format!("{:.4}", scalar(loss)));
@@ -365,7 +451,10 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         Ok(BTreeMap::from([
             ("dice".to_string(), m.dice),
             ("sensitivity_6mm".to_string(), m.sensitivity),
-            ("false_positives_per_scan".to_string(), m.false_positives_per_scan),
+            (
+                "false_positives_per_scan".to_string(),
+                m.false_positives_per_scan,
+            ),
         ]))
     })
 }
