@@ -67,6 +67,9 @@ struct TrainArgs {
     /// Held-out studies.
     #[arg(long)]
     eval_studies: Option<usize>,
+    /// Edge of the network's square input (pixels).
+    #[arg(long)]
+    input_size: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -246,7 +249,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
             modalities: vec!["DX".into(), "CR".into()],
             body_part: "CHEST".into(),
             photometric: Photometric::Monochrome2,
-            target_size: [128, 128],
+            target_size: [args.input_size.unwrap_or(256); 2],
             intensity: Intensity::VoiWindow,
             normalisation: Normalisation { mean: 0.5, std: 0.25 },
             slice_by_slice: false,
@@ -351,7 +354,7 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
             modalities: vec!["CT".into()],
             body_part: "CHEST".into(),
             photometric: Photometric::Monochrome2,
-            target_size: [256, 256],
+            target_size: [args.input_size.unwrap_or(256); 2],
             intensity: Intensity::HuClip { min: -1000.0, max: 400.0 },
             normalisation: Normalisation { mean: 0.3, std: 0.3 },
             slice_by_slice: true,
