@@ -281,12 +281,12 @@ async fn stow(
                 let take = (PREFIX_MAX - prefix.len()).min(chunk.len());
                 prefix.extend_from_slice(&chunk[..take]);
             }
-            if let Some(up) = upload.as_mut() {
-                if let Err(e) = up.write(&chunk).await {
-                    warn!(error = %e, "cannot write a STOW upload");
-                    write_failed = true;
-                    upload = None;
-                }
+            if let Some(up) = upload.as_mut()
+                && let Err(e) = up.write(&chunk).await
+            {
+                warn!(error = %e, "cannot write a STOW upload");
+                write_failed = true;
+                upload = None;
             }
         }
         let ids = identify(&prefix);

@@ -129,15 +129,15 @@ async fn retrieve(state: AppState, headers: HeaderMap, scope: Scope) -> Result<R
             )
         })?;
     let instances = locate(&state, scope).await?;
-    if let Some(ts) = &wanted_ts {
-        if let Some(other) = instances.iter().find(|i| i.transfer_syntax_uid != *ts) {
-            return Err(ApiError::not_acceptable(format!(
-                "instance {} is stored as {}; transcoding to {} is not supported (ask for transfer-syntax=*)",
-                other.sop_instance_uid,
-                other.transfer_syntax_uid,
-                truncate(ts, 64)
-            )));
-        }
+    if let Some(ts) = &wanted_ts
+        && let Some(other) = instances.iter().find(|i| i.transfer_syntax_uid != *ts)
+    {
+        return Err(ApiError::not_acceptable(format!(
+            "instance {} is stored as {}; transcoding to {} is not supported (ask for transfer-syntax=*)",
+            other.sop_instance_uid,
+            other.transfer_syntax_uid,
+            truncate(ts, 64)
+        )));
     }
     let writer = MultipartWriter::new("application/dicom");
     let content_type = writer.content_type();
