@@ -1,7 +1,14 @@
 //! # radserve-kernels
 //!
-//! CubeCL GPU kernels (fused preprocessing of stored pixels into model input, segmentation
-//! post-processing), each beside a plain-Rust reference implementation that tests compare
-//! against. It knows nothing of the server.
-//!
-//! Empty until the kernels issue lands.
+//! Fused preprocessing of stored DICOM pixels into a model's input tensor: a CubeCL kernel
+//! ([`fused`]) beside a plain-Rust reference ([`reference`]) that tests compare it against and
+//! that the CPU backend runs. Both take a [`spec::PreprocessSpec`], checked before any work.
+//! It knows nothing of the server.
+
+pub mod reference;
+pub mod spec;
+
+pub use spec::{
+    Frames, Intensity, Normalisation, PixelKind, Pixels, PreprocessError, PreprocessSpec,
+    VoiFunction,
+};
