@@ -5,6 +5,7 @@
 //! that the CPU backend runs. Both take a [`spec::PreprocessSpec`], checked before any work.
 //! It knows nothing of the server.
 
+pub mod fused;
 pub mod reference;
 pub mod spec;
 

@@ -35,7 +35,7 @@ impl Pixels<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PixelKind {
     U8,
     U16,

@@ -1,0 +1,474 @@
+//! The fused preprocessing kernel in CubeCL: stored pixels → model input in one pass.
+//!
+//! One thread per output pixel (frame, row, column) reads the source pixels its filter covers,
+//! applies the Modality LUT, the VOI (or clip) and the MONOCHROME1 inversion to each, weights
+//! them, normalises, and writes every channel. Nothing is staged in between, so a batch of
+//! 512×512 frames costs one read of the stored pixels and one write of the output.
+//!
+//! WGSL (wgpu's default shader path) has no 8- or 16-bit storage, so the stored pixels are
+//! uploaded as they are and read as packed `u32` words: two 16-bit or four 8-bit pixels each,
+//! little-endian, unpacked with shifts (and sign-extended for i16) in the kernel.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use crate::spec::{
+    Frames, Intensity, PixelKind, Pixels, Plan, PreprocessError, PreprocessSpec, VoiFunction,
+};
+
+/// The intensity mapping, fixed when the kernel is compiled (one variant per mapping).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mapping {
+    Linear,
+    LinearExact,
+    Sigmoid,
+    Clip,
+}
+
+/// What is fixed per compiled kernel: the branches a thread would otherwise test per pixel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub kind: PixelKind,
+    pub mapping: Mapping,
+    pub invert: bool,
+    pub antialias_rows: bool,
+    pub antialias_columns: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error("{what} needs {bytes} bytes in one buffer; the device allows {limit}")]
+    TooLargeForDevice {
+        what: &'static str,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("the device failed: {0}")]
+    Device(String),
+}
+
+/// The stored value of pixel `index` from the packed words.
+// CubeCL wants a variable declared before comptime branches assign it, and a comptime test
+// kept apart from a runtime one, hence the allows.
+#[cube]
+#[allow(unused_assignments, clippy::collapsible_if)]
+fn stored_value(words: &[u32], index: u32, #[comptime] kind: PixelKind) -> f32 {
+    let mut value = 0.0f32;
+    if comptime!(kind == PixelKind::U8) {
+        let word = words[(index / 4u32) as usize];
+        value = f32::cast_from((word >> ((index % 4u32) * 8u32)) & 0xFFu32);
+    } else {
+        let word = words[(index / 2u32) as usize];
+        let bits = (word >> ((index % 2u32) * 16u32)) & 0xFFFFu32;
+        value = f32::cast_from(bits);
+        if comptime!(kind == PixelKind::I16) {
+            if bits >= 0x8000u32 {
+                value -= 65536.0f32;
+            }
+        }
+    }
+    value
+}
+
+/// Stored value → 0..1, as `spec::unit_intensity` computes it.
+#[cube]
+#[allow(unused_assignments)]
+fn unit_value(
+    stored: f32,
+    slope: f32,
+    intercept: f32,
+    p0: f32,
+    p1: f32,
+    #[comptime] mapping: Mapping,
+    #[comptime] invert: bool,
+) -> f32 {
+    let value = stored * slope + intercept;
+    let mut unit = 0.0f32;
+    if comptime!(mapping == Mapping::Linear) {
+        // PS3.3 C.11.2.1.2.1; p0 = center, p1 = width (≥ 1).
+        let low = p0 - 0.5f32 - (p1 - 1.0f32) / 2.0f32;
+        let high = p0 - 0.5f32 + (p1 - 1.0f32) / 2.0f32;
+        if value <= low {
+            unit = 0.0f32;
+        } else if value > high {
+            unit = 1.0f32;
+        } else {
+            unit = (value - (p0 - 0.5f32)) / (p1 - 1.0f32) + 0.5f32;
+        }
+    } else {
+        if comptime!(mapping == Mapping::LinearExact) {
+            let low = p0 - p1 / 2.0f32;
+            let high = p0 + p1 / 2.0f32;
+            if value <= low {
+                unit = 0.0f32;
+            } else if value > high {
+                unit = 1.0f32;
+            } else {
+                unit = (value - p0) / p1 + 0.5f32;
+            }
+        } else {
+            if comptime!(mapping == Mapping::Sigmoid) {
+                unit = 1.0f32 / (1.0f32 + (-4.0f32 * (value - p0) / p1).exp());
+            } else {
+                // Clip: p0 = min, p1 = max.
+                unit = ((value - p0) / (p1 - p0)).clamp(0.0f32, 1.0f32);
+            }
+        }
+    }
+    if comptime!(invert) {
+        unit = 1.0f32 - unit;
+    }
+    unit
+}
+
+/// First and last source index a filter centred on `centre` reads along one axis, the centre
+/// it is evaluated at, and the reciprocal of its half-width (`spec::axis_taps`, computed here).
+#[cube]
+#[allow(unused_assignments)]
+fn axis_window(
+    centre: f32,
+    scale: f32,
+    last: u32,
+    #[comptime] antialias: bool,
+) -> (u32, u32, f32, f32) {
+    let last_f = f32::cast_from(last);
+    let mut first = 0u32;
+    let mut end = 0u32;
+    let mut at = centre;
+    let mut inverse_half_width = 1.0f32;
+    if comptime!(antialias) {
+        first = u32::cast_from((centre - scale).floor().max(0.0f32));
+        end = u32::cast_from((centre + scale).ceil().min(last_f));
+        inverse_half_width = 1.0f32 / scale;
+    } else {
+        // Bilinear is the triangle of half-width 1 with the centre clamped to the image.
+        at = centre.clamp(0.0f32, last_f);
+        first = u32::cast_from(at.floor());
+        end = (first + 1u32).min(last);
+    }
+    (first, end, at, inverse_half_width)
+}
+
+/// The 0..1 value of output pixel `position` (frame-major, then rows, then columns).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn output_unit(
+    words: &[u32],
+    position: u32,
+    shape: &[u32],
+    factors: &[f32],
+    #[comptime] variant: Variant,
+) -> f32 {
+    // shape: rows, columns, target rows, target columns, row offset, row span,
+    //        column offset, column span.
+    // factors: row scale, column scale, slope, intercept, p0, p1.
+    let rows = shape[0];
+    let columns = shape[1];
+    let target_rows = shape[2];
+    let target_columns = shape[3];
+    let frame = position / (target_rows * target_columns);
+    let within = position % (target_rows * target_columns);
+    let y = within / target_columns;
+    let x = within % target_columns;
+    let mut unit = 0.0f32;
+    // Letterbox padding stays 0.
+    if y >= shape[4] && y < shape[4] + shape[5] && x >= shape[6] && x < shape[6] + shape[7] {
+        let row_centre = (f32::cast_from(y - shape[4]) + 0.5f32) * factors[0] - 0.5f32;
+        let column_centre = (f32::cast_from(x - shape[6]) + 0.5f32) * factors[1] - 0.5f32;
+        let (r_first, r_end, r_at, r_inv) =
+            axis_window(row_centre, factors[0], rows - 1u32, variant.antialias_rows);
+        let (c_first, c_end, c_at, c_inv) = axis_window(
+            column_centre,
+            factors[1],
+            columns - 1u32,
+            variant.antialias_columns,
+        );
+        let base = frame * rows * columns;
+        let mut total = 0.0f32;
+        let mut row_weights = 0.0f32;
+        for r in r_first..r_end + 1u32 {
+            let wr = (1.0f32 - (f32::cast_from(r) - r_at).abs() * r_inv).max(0.0f32);
+            let mut row_total = 0.0f32;
+            let mut column_weights = 0.0f32;
+            for c in c_first..c_end + 1u32 {
+                let wc = (1.0f32 - (f32::cast_from(c) - c_at).abs() * c_inv).max(0.0f32);
+                let stored = stored_value(words, base + r * columns + c, variant.kind);
+                row_total += wc
+                    * unit_value(
+                        stored,
+                        factors[2],
+                        factors[3],
+                        factors[4],
+                        factors[5],
+                        variant.mapping,
+                        variant.invert,
+                    );
+                column_weights += wc;
+            }
+            total += wr * row_total / column_weights;
+            row_weights += wr;
+        }
+        unit = total / row_weights;
+    }
+    unit
+}
+
+/// Model input: N×C×H×W f32, `unit × out_scale + out_offset` in each of `channels`.
+#[cube(launch_unchecked)]
+fn preprocess_kernel(
+    words: &[u32],
+    shape: &[u32],
+    factors: &[f32],
+    out: &mut [f32],
+    pixels_out: u32,
+    out_scale: f32,
+    out_offset: f32,
+    #[comptime] channels: u32,
+    #[comptime] variant: Variant,
+) {
+    let position = ABSOLUTE_POS as u32;
+    if position >= pixels_out {
+        terminate!();
+    }
+    let value = output_unit(words, position, shape, factors, variant) * out_scale + out_offset;
+    let plane = shape[2] * shape[3];
+    let frame = position / plane;
+    let within = position % plane;
+    #[unroll]
+    for channel in 0..channels {
+        out[((frame * channels + channel) * plane + within) as usize] = value;
+    }
+}
+
+/// Display values: four output pixels per thread, packed into one little-endian `u32`.
+#[cube(launch_unchecked)]
+fn render_kernel(
+    words: &[u32],
+    shape: &[u32],
+    factors: &[f32],
+    out: &mut [u32],
+    pixels_out: u32,
+    #[comptime] variant: Variant,
+) {
+    let word = ABSOLUTE_POS as u32;
+    if word * 4u32 >= pixels_out {
+        terminate!();
+    }
+    let mut packed = 0u32;
+    #[unroll]
+    for k in 0..4u32 {
+        let position = word * 4u32 + k;
+        if position < pixels_out {
+            let unit = output_unit(words, position, shape, factors, variant);
+            let display = u32::cast_from((unit.clamp(0.0f32, 1.0f32) * 255.0f32 + 0.5f32).floor());
+            packed |= display << (k * 8u32);
+        }
+    }
+    out[word as usize] = packed;
+}
+
+/// Runs the fused kernels on one CubeCL device (wgpu, CUDA).
+pub struct FusedPreprocessor {
+    client: Client,
+}
+
+/// A launched preprocessing: the output buffer on the device and what it holds.
+pub struct DeviceOutput {
+    pub handle: Handle,
+    /// N, C, H, W.
+    pub shape: [usize; 4],
+}
+
+impl FusedPreprocessor {
+    pub fn new(device: &cubecl::Device) -> Self {
+        FusedPreprocessor {
+            client: device.client(),
+        }
+    }
+
+    /// Wraps the client of a device that is already open (e.g. the one burn computes on).
+    pub fn with_client(client: Client) -> Self {
+        FusedPreprocessor { client }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Launches the kernel; the output stays on the device.
+    pub fn launch(
+        &self,
+        input: &Frames<'_>,
+        spec: &PreprocessSpec,
+    ) -> Result<DeviceOutput, KernelError> {
+        let plan = spec.plan(input)?;
+        let out_values = plan.output_len();
+        self.fits("the output", out_values as u64 * 4)?;
+        let (words, shape, factors, variant) = self.upload(input, &plan)?;
+        let output = self.client.empty(out_values * std::mem::size_of::<f32>());
+        let pixels_out = (plan.frames * plan.target[0] * plan.target[1]) as u32;
+        let cube_dim = CubeDim::new(&self.client, pixels_out as usize);
+        let cube_count =
+            cubecl::calculate_cube_count_elemwise(&self.client, pixels_out as usize, cube_dim);
+        // SAFETY: every index the kernel computes is bounded by the plan checked above: source
+        // indices by the clamped filter windows, output indices by `pixels_out × channels`.
+        unsafe {
+            preprocess_kernel::launch_unchecked(
+                &self.client,
+                cube_count,
+                cube_dim,
+                words,
+                shape,
+                factors,
+                BufferArg::from_raw_parts(output.clone(), out_values),
+                pixels_out,
+                plan.out_scale,
+                plan.out_offset,
+                plan.channels as u32,
+                variant,
+            );
+        }
+        Ok(DeviceOutput {
+            handle: output,
+            shape: [plan.frames, plan.channels, plan.target[0], plan.target[1]],
+        })
+    }
+
+    /// Runs the kernel and reads the N×C×H×W output back (tests, benches, the CPU fallback).
+    pub fn preprocess(
+        &self,
+        input: &Frames<'_>,
+        spec: &PreprocessSpec,
+    ) -> Result<Vec<f32>, KernelError> {
+        let output = self.launch(input, spec)?;
+        let bytes = self
+            .client
+            .read_one(output.handle)
+            .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+        Ok(f32::from_bytes(&bytes).to_vec())
+    }
+
+    /// The u8 variant for thumbnails and WADO `rendered`: N×H×W display values.
+    pub fn render_u8(
+        &self,
+        input: &Frames<'_>,
+        spec: &PreprocessSpec,
+    ) -> Result<Vec<u8>, KernelError> {
+        let plan = spec.plan(input)?;
+        let pixels_out = plan.frames * plan.target[0] * plan.target[1];
+        let out_words = pixels_out.div_ceil(4);
+        self.fits("the rendered images", out_words as u64 * 4)?;
+        let (words, shape, factors, variant) = self.upload(input, &plan)?;
+        let output = self.client.empty(out_words * 4);
+        let cube_dim = CubeDim::new(&self.client, out_words);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&self.client, out_words, cube_dim);
+        // SAFETY: as in `launch`; output words are bounded by `pixels_out / 4` rounded up.
+        unsafe {
+            render_kernel::launch_unchecked(
+                &self.client,
+                cube_count,
+                cube_dim,
+                words,
+                shape,
+                factors,
+                BufferArg::from_raw_parts(output.clone(), out_words),
+                pixels_out as u32,
+                variant,
+            );
+        }
+        let bytes = self
+            .client
+            .read_one(output)
+            .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+        let mut display = bytes.to_vec();
+        display.truncate(pixels_out);
+        Ok(display)
+    }
+
+    fn fits(&self, what: &'static str, bytes: u64) -> Result<(), KernelError> {
+        let limit = self.client.properties().memory.max_page_size;
+        if bytes > limit {
+            return Err(KernelError::TooLargeForDevice { what, bytes, limit });
+        }
+        Ok(())
+    }
+
+    /// Uploads the packed pixels and the plan's parameters.
+    #[allow(clippy::type_complexity)]
+    fn upload(
+        &self,
+        input: &Frames<'_>,
+        plan: &Plan,
+    ) -> Result<(BufferArg, BufferArg, BufferArg, Variant), KernelError> {
+        let bytes = packed_bytes(&input.pixels);
+        self.fits("the stored pixels", bytes.len() as u64)?;
+        let word_count = bytes.len() / 4;
+        let words = self.client.create_from_slice(&bytes);
+        let shape = [
+            plan.rows.source,
+            plan.columns.source,
+            plan.target[0],
+            plan.target[1],
+            plan.rows.offset,
+            plan.rows.span,
+            plan.columns.offset,
+            plan.columns.span,
+        ]
+        .map(|v| v as u32);
+        let (mapping, p0, p1) = match plan.intensity {
+            Intensity::Window {
+                center,
+                width,
+                function,
+            } => (
+                match function {
+                    VoiFunction::Linear => Mapping::Linear,
+                    VoiFunction::LinearExact => Mapping::LinearExact,
+                    VoiFunction::Sigmoid => Mapping::Sigmoid,
+                },
+                center,
+                width,
+            ),
+            Intensity::Clip { min, max } => (Mapping::Clip, min, max),
+        };
+        let factors = [
+            plan.rows.scale,
+            plan.columns.scale,
+            plan.slope,
+            plan.intercept,
+            p0,
+            p1,
+        ];
+        let shape_handle = self.client.create_from_slice(u32::as_bytes(&shape));
+        let factors_handle = self.client.create_from_slice(f32::as_bytes(&factors));
+        let variant = Variant {
+            kind: plan.kind,
+            mapping,
+            invert: plan.invert,
+            antialias_rows: plan.rows.antialias(),
+            antialias_columns: plan.columns.antialias(),
+        };
+        // SAFETY: each handle was created just above with exactly this many elements.
+        let args = unsafe {
+            (
+                BufferArg::from_raw_parts(words, word_count),
+                BufferArg::from_raw_parts(shape_handle, shape.len()),
+                BufferArg::from_raw_parts(factors_handle, factors.len()),
+            )
+        };
+        Ok((args.0, args.1, args.2, variant))
+    }
+}
+
+/// The stored pixels as little-endian bytes, padded to whole `u32` words.
+fn packed_bytes(pixels: &Pixels<'_>) -> Vec<u8> {
+    let mut bytes: Vec<u8> = match pixels {
+        Pixels::U8(v) => v.to_vec(),
+        Pixels::U16(v) => v.iter().flat_map(|p| p.to_le_bytes()).collect(),
+        Pixels::I16(v) => v.iter().flat_map(|p| p.to_le_bytes()).collect(),
+    };
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    bytes
+}
