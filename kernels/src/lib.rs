@@ -6,6 +6,7 @@
 //! It knows nothing of the server.
 
 pub mod fused;
+pub mod model_input;
 pub mod reference;
 pub mod spec;
 
