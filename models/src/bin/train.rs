@@ -171,6 +171,18 @@ fn write_package(
 }
 
 /// The human-readable card, from the manifest so the two cannot disagree.
+/// The demo models' targets (issue 4): stated beside each metric, met or not.
+fn target_status(metric: &str, value: f64) -> String {
+    let (text, met) = match metric {
+        m if m.starts_with("auc.") => ("≥ 0.95", value >= 0.95),
+        "dice" => ("≥ 0.80", value >= 0.80),
+        "sensitivity_6mm" => ("≥ 0.90", value >= 0.90),
+        "false_positives_per_scan" => ("≤ 1", value <= 1.0),
+        _ => return "—".to_string(),
+    };
+    format!("{text}: {}", if met { "met" } else { "**not met**" })
+}
+
 fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
     let m = &manifest.model;
     let t = &manifest.training;
@@ -217,11 +229,14 @@ fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
             .map_or_else(|| "?".to_string(), |d| d.to_string())
     );
     card += &format!(
-        "\n## Metrics on held-out synthetic data\n{}\n\n| metric | value |\n|---|---:|\n",
+        "\n## Metrics on held-out synthetic data\n{}\n\n| metric | value | project target |\n|---|---:|---|\n",
         t.evaluation
     );
     for (name, value) in &manifest.metrics {
-        card += &format!("| {name} | {value:.4} |\n");
+        card += &format!(
+            "| {name} | {value:.4} | {} |\n",
+            target_status(name, *value)
+        );
     }
     card += "\nRecomputed by `cargo test -p radserve-models --test packages` from the package and the seeds above.\n\n";
     card += "## Limits\nTrained and evaluated only on synthetic phantoms from `dicom-samples`: the numbers say the pipeline works, not that the model reads real images.\n";
