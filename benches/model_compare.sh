@@ -14,6 +14,10 @@
 #   SAMPLES=10            criterion samples per case (one forward each for slow cases)
 #   THREADS=2             PyTorch intra-op threads; burn uses rayon's pool (RAYON_NUM_THREADS)
 #   OUT=/tmp/radserve-model-compare   weights, PyTorch JSON, ratio JSON and Markdown go here
+#   FEATURES=             cargo features for the bench build, e.g. FEATURES=burn/rayon,burn/simd
+#                         (burn-flex multi-threaded and SIMD; not what radserve ships today)
+#   CRITERION_HOME=       where criterion writes (default: the cargo target dir's criterion/);
+#                         give a variant build its own, or its results replace the others'
 # e.g. the issue's target cases only:
 #   ARCHS=densenet121,unet BATCHES=8 DEVICES=cpu bash benches/model_compare.sh
 set -euo pipefail
@@ -26,6 +30,7 @@ SECONDS_PER_CASE=${SECONDS_PER_CASE:-3}
 SAMPLES=${SAMPLES:-10}
 THREADS=${THREADS:-2}
 OUT=${OUT:-/tmp/radserve-model-compare}
+FEATURES=${FEATURES:-}
 mkdir -p "$OUT/weights"
 
 # where criterion writes (it asks cargo the same way)
@@ -33,6 +38,7 @@ CRIT=${CRITERION_HOME:-$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/criterion}
 
 bench=(cargo bench --profile dev -p radserve-benches --bench model_forward)
+if [[ -n $FEATURES ]]; then bench+=(--features "$FEATURES"); fi
 echo "== build" >&2
 "${bench[@]}" --no-run
 

@@ -9,6 +9,8 @@
 //! uploaded as they are and read as packed `u32` words: two 16-bit or four 8-bit pixels each,
 //! little-endian, unpacked with shifts (and sign-extended for i16) in the kernel.
 
+use std::borrow::Cow;
+
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -123,6 +125,20 @@ fn unit_value(
     unit
 }
 
+/// Stored pixel `index` mapped to 0..1.
+#[cube]
+fn mapped(words: &[u32], index: u32, factors: &[f32], #[comptime] variant: Variant) -> f32 {
+    unit_value(
+        stored_value(words, index, variant.kind),
+        factors[2],
+        factors[3],
+        factors[4],
+        factors[5],
+        variant.mapping,
+        variant.invert,
+    )
+}
+
 /// First and last source index a filter centred on `centre` reads along one axis, the centre
 /// it is evaluated at, and the reciprocal of its half-width (`spec::axis_taps`, computed here).
 #[cube]
@@ -186,31 +202,37 @@ fn output_unit(
             variant.antialias_columns,
         );
         let base = frame * rows * columns;
-        let mut total = 0.0f32;
-        let mut row_weights = 0.0f32;
-        for r in r_first..r_end + 1u32 {
-            let wr = (1.0f32 - (f32::cast_from(r) - r_at).abs() * r_inv).max(0.0f32);
-            let mut row_total = 0.0f32;
-            let mut column_weights = 0.0f32;
-            for c in c_first..c_end + 1u32 {
-                let wc = (1.0f32 - (f32::cast_from(c) - c_at).abs() * c_inv).max(0.0f32);
-                let stored = stored_value(words, base + r * columns + c, variant.kind);
-                row_total += wc
-                    * unit_value(
-                        stored,
-                        factors[2],
-                        factors[3],
-                        factors[4],
-                        factors[5],
-                        variant.mapping,
-                        variant.invert,
-                    );
-                column_weights += wc;
+        if comptime!(!variant.antialias_rows && !variant.antialias_columns) {
+            // Bilinear on both axes: exactly four taps whose weights sum to 1, unrolled.
+            let r1 = (r_first + 1u32).min(r_end);
+            let c1 = (c_first + 1u32).min(c_end);
+            let tr = r_at - f32::cast_from(r_first);
+            let tc = c_at - f32::cast_from(c_first);
+            let top = base + r_first * columns;
+            let bottom = base + r1 * columns;
+            let v00 = mapped(words, top + c_first, factors, variant);
+            let v01 = mapped(words, top + c1, factors, variant);
+            let v10 = mapped(words, bottom + c_first, factors, variant);
+            let v11 = mapped(words, bottom + c1, factors, variant);
+            unit = (1.0f32 - tr) * ((1.0f32 - tc) * v00 + tc * v01)
+                + tr * ((1.0f32 - tc) * v10 + tc * v11);
+        } else {
+            let mut total = 0.0f32;
+            let mut row_weights = 0.0f32;
+            for r in r_first..r_end + 1u32 {
+                let wr = (1.0f32 - (f32::cast_from(r) - r_at).abs() * r_inv).max(0.0f32);
+                let mut row_total = 0.0f32;
+                let mut column_weights = 0.0f32;
+                for c in c_first..c_end + 1u32 {
+                    let wc = (1.0f32 - (f32::cast_from(c) - c_at).abs() * c_inv).max(0.0f32);
+                    row_total += wc * mapped(words, base + r * columns + c, factors, variant);
+                    column_weights += wc;
+                }
+                total += wr * row_total / column_weights;
+                row_weights += wr;
             }
-            total += wr * row_total / column_weights;
-            row_weights += wr;
+            unit = total / row_weights;
         }
-        unit = total / row_weights;
     }
     unit
 }
@@ -462,13 +484,22 @@ impl FusedPreprocessor {
     }
 }
 
-/// The stored pixels as little-endian bytes, padded to whole `u32` words.
-fn packed_bytes(pixels: &Pixels<'_>) -> Vec<u8> {
-    let mut bytes: Vec<u8> = match pixels {
+/// The stored pixels as little-endian bytes, padded to whole `u32` words: the pixel buffer
+/// itself when it already is (a little-endian host and a whole number of words), else a copy.
+fn packed_bytes<'a>(pixels: &Pixels<'a>) -> Cow<'a, [u8]> {
+    let native: &'a [u8] = match *pixels {
+        Pixels::U8(v) => v,
+        Pixels::U16(v) => u16::as_bytes(v),
+        Pixels::I16(v) => i16::as_bytes(v),
+    };
+    if cfg!(target_endian = "little") && native.len() % 4 == 0 {
+        return Cow::Borrowed(native);
+    }
+    let mut bytes: Vec<u8> = match *pixels {
         Pixels::U8(v) => v.to_vec(),
         Pixels::U16(v) => v.iter().flat_map(|p| p.to_le_bytes()).collect(),
         Pixels::I16(v) => v.iter().flat_map(|p| p.to_le_bytes()).collect(),
     };
     bytes.resize(bytes.len().div_ceil(4) * 4, 0);
-    bytes
+    Cow::Owned(bytes)
 }

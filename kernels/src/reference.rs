@@ -51,51 +51,57 @@ pub fn to_display(unit: f32) -> u8 {
     (unit.clamp(0.0, 1.0) * 255.0 + 0.5).floor() as u8
 }
 
-/// One frame in the 0..1 domain at the target size, padding (letterbox) at 0.
+/// One frame in the 0..1 domain at the target size, padding (letterbox) at 0. Rows run in
+/// parallel: each source row is mapped and resampled horizontally in one go, then each output
+/// row sums its source rows.
 fn resampled_frame(plan: &Plan, input: &Frames<'_>, frame: usize) -> Vec<f32> {
     let (rows, columns) = (plan.rows.source, plan.columns.source);
     let start = frame * rows * columns;
-    let range = start..start + rows * columns;
-    let unit: Vec<f32> = match input.pixels {
-        Pixels::U8(v) => v[range]
-            .iter()
-            .map(|&s| unit_intensity(plan, f32::from(s)))
-            .collect(),
-        Pixels::U16(v) => v[range]
-            .iter()
-            .map(|&s| unit_intensity(plan, f32::from(s)))
-            .collect(),
-        Pixels::I16(v) => v[range]
-            .iter()
-            .map(|&s| unit_intensity(plan, f32::from(s)))
-            .collect(),
-    };
     let [target_rows, target_columns] = plan.target;
     let column_taps = all_taps(&plan.columns);
     let row_taps = all_taps(&plan.rows);
-    // Columns first, then rows: separable, one pass each.
     let span_c = plan.columns.span;
     let mut horizontal = vec![0.0f32; rows * span_c];
-    for (source, out) in unit
-        .chunks_exact(columns)
-        .zip(horizontal.chunks_exact_mut(span_c))
-    {
-        for (o, taps) in out.iter_mut().zip(&column_taps) {
-            *o = taps.iter().map(|&(i, w)| source[i] * w).sum();
-        }
-    }
-    let mut out = vec![0.0f32; target_rows * target_columns];
-    for (r, taps) in row_taps.iter().enumerate() {
-        let start = (plan.rows.offset + r) * target_columns + plan.columns.offset;
-        let row = &mut out[start..start + span_c];
-        for &(i, w) in taps {
-            let source = &horizontal[i * span_c..(i + 1) * span_c];
-            for (o, s) in row.iter_mut().zip(source) {
-                *o += s * w;
+    horizontal.par_chunks_mut(span_c).enumerate().for_each_init(
+        || vec![0.0f32; columns],
+        |unit, (r, out)| {
+            let range = start + r * columns..start + (r + 1) * columns;
+            map_row(plan, &input.pixels, range, unit);
+            for (o, taps) in out.iter_mut().zip(&column_taps) {
+                *o = taps.iter().map(|&(i, w)| unit[i] * w).sum();
             }
-        }
-    }
+        },
+    );
+    let mut out = vec![0.0f32; target_rows * target_columns];
+    let first_row = plan.rows.offset * target_columns;
+    out[first_row..first_row + plan.rows.span * target_columns]
+        .par_chunks_mut(target_columns)
+        .zip(&row_taps)
+        .for_each(|(row, taps)| {
+            let row = &mut row[plan.columns.offset..plan.columns.offset + span_c];
+            for &(i, w) in taps {
+                let source = &horizontal[i * span_c..(i + 1) * span_c];
+                for (o, s) in row.iter_mut().zip(source) {
+                    *o += s * w;
+                }
+            }
+        });
     out
+}
+
+/// Stored pixels `range` → 0..1 values in `unit`.
+fn map_row(plan: &Plan, pixels: &Pixels<'_>, range: std::ops::Range<usize>, unit: &mut [f32]) {
+    match pixels {
+        Pixels::U8(v) => map_values(plan, &v[range], unit),
+        Pixels::U16(v) => map_values(plan, &v[range], unit),
+        Pixels::I16(v) => map_values(plan, &v[range], unit),
+    }
+}
+
+fn map_values<T: Copy + Into<f32>>(plan: &Plan, stored: &[T], unit: &mut [f32]) {
+    for (u, &s) in unit.iter_mut().zip(stored) {
+        *u = unit_intensity(plan, s.into());
+    }
 }
 
 fn all_taps(axis: &AxisPlan) -> Vec<Vec<(usize, f32)>> {
