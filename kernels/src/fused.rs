@@ -492,7 +492,7 @@ fn packed_bytes<'a>(pixels: &Pixels<'a>) -> Cow<'a, [u8]> {
         Pixels::U16(v) => u16::as_bytes(v),
         Pixels::I16(v) => i16::as_bytes(v),
     };
-    if cfg!(target_endian = "little") && native.len() % 4 == 0 {
+    if cfg!(target_endian = "little") && native.len().is_multiple_of(4) {
         return Cow::Borrowed(native);
     }
     let mut bytes: Vec<u8> = match *pixels {
