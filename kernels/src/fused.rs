@@ -47,6 +47,10 @@ pub enum KernelError {
         bytes: u64,
         limit: u64,
     },
+    #[error(
+        "{pixels} stored pixels in one call; the kernels index with 32 bits (at most 4294967295)"
+    )]
+    TooManyPixels { pixels: u64 },
     #[error("the device failed: {0}")]
     Device(String),
 }
@@ -169,7 +173,6 @@ fn axis_window(
 
 /// The 0..1 value of output pixel `position` (frame-major, then rows, then columns).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 fn output_unit(
     words: &[u32],
     position: u32,
@@ -424,6 +427,12 @@ impl FusedPreprocessor {
         input: &Frames<'_>,
         plan: &Plan,
     ) -> Result<(BufferArg, BufferArg, BufferArg, Variant), KernelError> {
+        // The kernels index pixels with u32 (WGSL has no 64-bit indices everywhere).
+        if input.pixels.len() as u64 > u64::from(u32::MAX) {
+            return Err(KernelError::TooManyPixels {
+                pixels: input.pixels.len() as u64,
+            });
+        }
         let bytes = packed_bytes(&input.pixels);
         self.fits("the stored pixels", bytes.len() as u64)?;
         let word_count = bytes.len() / 4;
