@@ -170,7 +170,6 @@ fn write_package(
     Ok(())
 }
 
-/// The human-readable card, from the manifest so the two cannot disagree.
 /// The demo models' targets (issue 4): stated beside each metric, met or not.
 fn target_status(metric: &str, value: f64) -> String {
     let (text, met) = match metric {
@@ -183,6 +182,7 @@ fn target_status(metric: &str, value: f64) -> String {
     format!("{text}: {}", if met { "met" } else { "**not met**" })
 }
 
+/// The human-readable card, from the manifest so the two cannot disagree.
 fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
     let m = &manifest.model;
     let t = &manifest.training;
