@@ -38,6 +38,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
+use radserve_benches::{env_list, env_number};
 use radserve_models::architecture::{
     ArchitectureConfig, DenseNetConfig, Network, ResNetConfig, UNetConfig,
 };
@@ -75,25 +76,6 @@ fn architecture(arch: &str) -> (ArchitectureConfig, usize) {
             "unknown architecture {other:?}: choose from {}",
             ARCHS.join(",")
         ),
-    }
-}
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_string())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-        Err(_) => default,
     }
 }
 

@@ -29,6 +29,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, DeviceType, Int, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use cubecl::prelude::CubeElement;
+use radserve_benches::env_list;
 use radserve_kernels::model_input::preprocess_to_tensor;
 use radserve_kernels::{Frames, Intensity, Normalisation, Pixels, PreprocessSpec, VoiFunction};
 use rand::{Rng, SeedableRng};
@@ -75,15 +76,6 @@ fn op_chain(stored: &[i32], frames: usize, device: &Device) -> Tensor<4> {
             .with_output_size([TARGET, TARGET]),
     );
     (resized - MEAN) / STD
-}
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_string())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 fn devices() -> Vec<(&'static str, Device)> {

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 
+use cubecl::bytes::Bytes;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -368,10 +369,7 @@ impl FusedPreprocessor {
         spec: &PreprocessSpec,
     ) -> Result<Vec<f32>, KernelError> {
         let output = self.launch(input, spec)?;
-        let bytes = self
-            .client
-            .read_one(output.handle)
-            .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+        let bytes = self.read_back(output.handle)?;
         Ok(f32::from_bytes(&bytes).to_vec())
     }
 
@@ -403,13 +401,16 @@ impl FusedPreprocessor {
                 variant,
             );
         }
-        let bytes = self
-            .client
-            .read_one(output)
-            .map_err(|e| KernelError::Device(format!("{e:?}")))?;
-        let mut display = bytes.to_vec();
+        let mut display = self.read_back(output)?.to_vec();
         display.truncate(pixels_out);
         Ok(display)
+    }
+
+    /// Waits for the device and copies a buffer to the host (aligned for its element type).
+    fn read_back(&self, handle: Handle) -> Result<Bytes, KernelError> {
+        self.client
+            .read_one(handle)
+            .map_err(|e| KernelError::Device(format!("{e:?}")))
     }
 
     fn fits(&self, what: &'static str, bytes: u64) -> Result<(), KernelError> {

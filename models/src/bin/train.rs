@@ -243,6 +243,24 @@ fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
     card
 }
 
+/// What the card says of the training and the held-out set; the duration is filled in after.
+fn training_info(
+    args: &TrainArgs,
+    command: &str,
+    eval: usize,
+    data: String,
+    evaluation: String,
+) -> TrainingInfo {
+    TrainingInfo {
+        data,
+        command: format!("cargo run -p radserve-models --bin train -- {command}"),
+        duration_s: None,
+        evaluation,
+        evaluation_seed: Some(args.eval_seed),
+        evaluation_studies: Some(eval),
+    }
+}
+
 fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usize) -> Manifest {
     Manifest {
         model: ModelInfo {
@@ -278,14 +296,13 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
                 label("cardiomegaly", "8186001", "Cardiomegaly"),
             ],
         },
-        training: TrainingInfo {
-            data: format!("{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4", args.seed),
-            command: format!("cargo run -p radserve-models --bin train -- {command}"),
-            duration_s: None,
-            evaluation: format!("{eval} held-out synthetic radiographs, seed {}", args.eval_seed),
-            evaluation_seed: Some(args.eval_seed),
-            evaluation_studies: Some(eval),
-        },
+        training: training_info(
+            args,
+            command,
+            eval,
+            format!("{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4", args.seed),
+            format!("{eval} held-out synthetic radiographs, seed {}", args.eval_seed),
+        ),
         metrics: BTreeMap::new(),
         weights: WeightsInfo { file: "weights.bpk".into(), sha256: String::new() },
     }
@@ -378,14 +395,13 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
             kind: OutputTask::Segmentation,
             labels: vec![label("nodule", "786838002", "Pulmonary nodule")],
         },
-        training: TrainingInfo {
-            data: format!("slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and half as many others", args.seed),
-            command: format!("cargo run -p radserve-models --bin train -- {command}"),
-            duration_s: None,
-            evaluation: format!("{eval} held-out synthetic CTs of 80 slices, seed {}; Dice on the 512×512 grid; detection for nodules ≥ 6 mm", args.eval_seed),
-            evaluation_seed: Some(args.eval_seed),
-            evaluation_studies: Some(eval),
-        },
+        training: training_info(
+            args,
+            command,
+            eval,
+            format!("slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and half as many others", args.seed),
+            format!("{eval} held-out synthetic CTs of 80 slices, seed {}; Dice on the 512×512 grid; detection for nodules ≥ 6 mm", args.eval_seed),
+        ),
         metrics: BTreeMap::new(),
         weights: WeightsInfo { file: "weights.bpk".into(), sha256: String::new() },
     }
