@@ -7,7 +7,8 @@
 #   dcmtk (storescu, echoscu, findscu, dcmdump, dcmconv, dcmcjpeg, dcmcrle, dcmcjpls, ...),
 #   dicom3tools (dciodvfy), libgdcm-tools (gdcmconv), mesa-vulkan-drivers (lavapipe, the
 #   software Vulkan driver the wgpu tests run on), cmake (charls-sys builds the bundled CharLS
-#   JPEG-LS codec with it when radserve is compiled), and the Python package pydicom.
+#   JPEG-LS codec with it when radserve is compiled), and the Python packages pydicom and
+#   highdicom (scripts/results/read_with_highdicom.py reads our SR and SEG back with it).
 # Sourced or run by scripts/test.sh; safe to run again (it installs only what is missing).
 set -euo pipefail
 
@@ -49,4 +50,10 @@ if ! $build_only && ! python3 -c "import pydicom" >/dev/null 2>&1; then
     echo "install-test-deps: installing pydicom" >&2
     python3 -m pip install --quiet --disable-pip-version-check "pydicom>=3,<4" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "pydicom>=3,<4"
+fi
+
+if ! $build_only && ! python3 -c "import highdicom" >/dev/null 2>&1; then
+    echo "install-test-deps: installing highdicom" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "highdicom>=0.23" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "highdicom>=0.23"
 fi

@@ -113,6 +113,9 @@ pub enum OutputTask {
 pub struct LabelSpec {
     pub name: String,
     pub code: CodedConcept,
+    /// Where the finding lies (SR Finding Site), when the label implies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding_site: Option<CodedConcept>,
     /// Probability at or above which the finding is reported present.
     pub threshold: f64,
     /// What the output value is (`probability`).

@@ -338,7 +338,8 @@ fn invalid(origin: &str, reason: ValueError) -> ConfigError {
 /// max_body_mb = 2048
 /// [store]
 /// duplicate_policy = "keep_first"  # keep_first | replace | reject
-/// # [[models]] and [[routes]] tables are kept as they are for the pipeline.
+/// # [[models]], [[routes]] and [pipeline] are read by `infer` and `pipeline`
+/// # (see `infer::ModelConfig`, `pipeline::routing::RouteConfig`, `pipeline::PipelineConfig`).
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -355,6 +356,9 @@ pub struct FileConfig {
     pub models: Vec<toml::Table>,
     #[serde(default)]
     pub routes: Vec<toml::Table>,
+    /// `[pipeline]`, kept raw until the pipeline reads it.
+    #[serde(default)]
+    pub pipeline: toml::Table,
 }
 
 /// `[dicom]` in the config file.
@@ -422,6 +426,8 @@ pub struct Settings {
     pub models: Vec<toml::Table>,
     /// `[[routes]]` tables, kept raw until the routing stage reads them.
     pub routes: Vec<toml::Table>,
+    /// `[pipeline]`, kept raw until the pipeline reads it.
+    pub pipeline: toml::Table,
 }
 
 /// DIMSE listener settings.
@@ -472,6 +478,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             models: Vec::new(),
             routes: Vec::new(),
+            pipeline: toml::Table::new(),
         }
     }
 }
@@ -566,6 +573,7 @@ impl Settings {
             },
             models: file.models,
             routes: file.routes,
+            pipeline: file.pipeline,
         })
     }
 

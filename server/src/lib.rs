@@ -21,6 +21,10 @@
 //! - [`metrics`]: Prometheus metrics (`/metrics`) and the functions that record them.
 //! - [`store`]: the archive: Part 10 files as fsynced blobs, an SQLite index for QIDO/C-FIND.
 //! - [`dicomweb`]: DICOMweb (PS3.18) under `/dicomweb`: STOW-RS, QIDO-RS, WADO-RS.
+//! - [`infer`]: the served models, each behind a dynamic batcher and a device thread.
+//! - [`pipeline`]: study stability, routing, durable jobs and the workers that turn a stored
+//!   study into findings.
+//! - [`results`]: findings as DICOM SR (TID 1500) and SEG.
 //! - [`api`]: the HTTP router: `/health/live`, `/health/ready`, JSON 404/405 for the rest.
 
 pub mod api;
@@ -29,7 +33,10 @@ pub mod cli;
 pub mod config;
 pub mod dicomweb;
 pub mod dimse;
+pub mod infer;
 pub mod metrics;
+pub mod pipeline;
+pub mod results;
 pub mod serve;
 pub mod shutdown;
 pub mod store;

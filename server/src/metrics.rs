@@ -13,6 +13,12 @@
 //! | `radserve_active_associations` | gauge | |
 //! | `radserve_rejections_total` | counter | `route` (dimse, stow, http), `reason` |
 //! | `radserve_http_request_duration_seconds` | histogram | `method`, `route`, `status` |
+//! | `radserve_inference_queue_depth` | gauge | `model` (loaded models only) |
+//! | `radserve_inference_batches_total` | counter | `model` (device launches) |
+//! | `radserve_inference_batch_size` | histogram | `model` |
+//! | `radserve_stage_duration_seconds` | histogram | `model`, `stage` (queue, decode, preprocess, compute, postprocess, store) |
+//! | `radserve_jobs` | gauge | `state` |
+//! | `radserve_findings` | gauge | `model`, `label` (positive, current results) |
 //!
 //! The recorder is installed once per process ([`handle`]); in unit tests, where several
 //! servers share a process, they share it too.
@@ -32,6 +38,15 @@ pub const STORE_DURATION: &str = "radserve_store_duration_seconds";
 pub const ACTIVE_ASSOCIATIONS: &str = "radserve_active_associations";
 pub const REJECTIONS: &str = "radserve_rejections_total";
 pub const HTTP_DURATION: &str = "radserve_http_request_duration_seconds";
+pub const QUEUE_DEPTH: &str = "radserve_inference_queue_depth";
+pub const BATCHES: &str = "radserve_inference_batches_total";
+pub const BATCH_SIZE: &str = "radserve_inference_batch_size";
+pub const STAGE_DURATION: &str = "radserve_stage_duration_seconds";
+pub const JOBS: &str = "radserve_jobs";
+pub const FINDINGS: &str = "radserve_findings";
+
+/// Batch-size buckets: the sizes models are warmed at and between.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 /// Histogram buckets in seconds: from a cached index hit to a large fsynced upload.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -67,6 +82,16 @@ pub fn handle() -> &'static PrometheusHandle {
                 PrometheusBuilder::new()
             }
         };
+        let builder = match builder.set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(BATCH_SIZE.to_owned()),
+            BATCH_SIZE_BUCKETS,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: batch size buckets");
+                PrometheusBuilder::new()
+            }
+        };
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if let Err(e) = ::metrics::set_global_recorder(recorder) {
@@ -96,6 +121,19 @@ fn describe() {
     ::metrics::describe_counter!(
         REJECTIONS,
         "refused associations, instances and requests, by reason"
+    );
+    ::metrics::describe_gauge!(QUEUE_DEPTH, "images waiting for a batch, by model");
+    ::metrics::describe_counter!(BATCHES, "batches run on the device (launches), by model");
+    ::metrics::describe_histogram!(BATCH_SIZE, "images per batch, by model");
+    ::metrics::describe_histogram!(
+        STAGE_DURATION,
+        ::metrics::Unit::Seconds,
+        "time spent per stage of inference, by model and stage"
+    );
+    ::metrics::describe_gauge!(JOBS, "pipeline jobs by state");
+    ::metrics::describe_gauge!(
+        FINDINGS,
+        "positive findings of current results, by model and label"
     );
     ::metrics::describe_histogram!(
         HTTP_DURATION,
@@ -225,6 +263,35 @@ pub async fn serve_metrics() -> Response {
 /// The `/metrics` route, mergeable into any router.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
     axum::Router::new().route("/metrics", axum::routing::get(serve_metrics))
+}
+
+/// Images waiting in a model's batcher.
+pub fn set_queue_depth(model: &str, depth: usize) {
+    ::metrics::gauge!(QUEUE_DEPTH, "model" => model.to_owned()).set(depth as f64);
+}
+
+/// One batch run on the device.
+pub fn record_batch(model: &str, size: usize) {
+    ::metrics::counter!(BATCHES, "model" => model.to_owned()).increment(1);
+    ::metrics::histogram!(BATCH_SIZE, "model" => model.to_owned()).record(size as f64);
+}
+
+/// Time spent in one stage of inference (`queue`, `decode`, `preprocess`, `compute`,
+/// `postprocess`, `store`).
+pub fn record_stage(model: &str, stage: &'static str, elapsed: Duration) {
+    ::metrics::histogram!(STAGE_DURATION, "model" => model.to_owned(), "stage" => stage)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Jobs in `state` now.
+pub fn set_jobs(state: &str, count: i64) {
+    ::metrics::gauge!(JOBS, "state" => state.to_owned()).set(count as f64);
+}
+
+/// Positive findings of current results for a model's label.
+pub fn set_findings(model: &str, label: &str, count: i64) {
+    ::metrics::gauge!(FINDINGS, "model" => model.to_owned(), "label" => label.to_owned())
+        .set(count as f64);
 }
 
 #[cfg(test)]

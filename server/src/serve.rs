@@ -18,6 +18,8 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::dimse;
+use crate::infer::Models;
+use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::shutdown;
 use crate::store::{self, Archive, ArchiveConfig};
 
@@ -48,6 +50,10 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("models: {0}")]
+    Models(#[from] crate::infer::ModelsError),
+    #[error("pipeline: {0}")]
+    Pipeline(#[from] crate::pipeline::PipelineError),
 }
 
 /// A server whose listeners are bound, ready to [`run`](Server::run).
@@ -55,6 +61,7 @@ pub struct Server {
     settings: Settings,
     /// Shared by DIMSE and HTTP (cheap to clone).
     archive: Archive,
+    pipeline: Pipeline,
     dicom: TcpListener,
     http: TcpListener,
     dicom_addr: SocketAddr,
@@ -89,6 +96,19 @@ impl Server {
             path: settings.data.clone(),
             reason,
         })?;
+        let pipeline_config = PipelineConfig::parse(&settings.pipeline)?;
+        let model_configs = crate::infer::configured_models(
+            &settings.models,
+            pipeline_config.demo_models,
+            &settings.data,
+        )?;
+        let device = settings
+            .device
+            .as_str()
+            .parse::<radserve_models::device::DeviceChoice>()
+            .map_err(crate::infer::ModelsError::from)?;
+        let models = Models::start(model_configs, device)?;
+        let pipeline = Pipeline::new(archive.clone(), models, pipeline_config, &settings.routes)?;
         let (dicom, dicom_addr) = listen("DICOM", settings.dicom.port).await?;
         let (http, http_addr) = listen("HTTP", settings.http.port).await?;
         info!(
@@ -104,6 +124,7 @@ impl Server {
         Ok(Server {
             settings,
             archive,
+            pipeline,
             dicom,
             http,
             dicom_addr,
@@ -135,6 +156,7 @@ impl Server {
         let Server {
             settings,
             archive,
+            pipeline,
             dicom,
             http,
             ..
@@ -150,7 +172,9 @@ impl Server {
 
         let max_body_bytes = usize::try_from(settings.http.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX);
-        let app = api::router(AppState::new(&settings, archive.clone()), max_body_bytes);
+        pipeline.start(handle.clone());
+        let state = AppState::new(&settings, archive.clone()).with_pipeline(pipeline);
+        let app = api::router(state, max_body_bytes);
         let mut http_stop = handle.clone();
         let http = async move {
             // Connect info: the auth middleware records the client address in audits.

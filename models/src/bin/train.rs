@@ -132,10 +132,11 @@ fn code(value: &str, meaning: &str) -> CodedConcept {
     }
 }
 
-fn label(name: &str, value: &str, meaning: &str) -> LabelSpec {
+fn label(name: &str, value: &str, meaning: &str, site: (&str, &str)) -> LabelSpec {
     LabelSpec {
         name: name.into(),
         code: code(value, meaning),
+        finding_site: Some(code(site.0, site.1)),
         threshold: 0.5,
         units: "probability".into(),
     }
@@ -290,10 +291,10 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
         output: OutputSpec {
             kind: OutputTask::MultiLabel,
             labels: vec![
-                label("nodule", "786838002", "Pulmonary nodule"),
-                label("consolidation", "95436008", "Lung consolidation"),
-                label("pleural_effusion", "60046008", "Pleural effusion"),
-                label("cardiomegaly", "8186001", "Cardiomegaly"),
+                label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure")),
+                label("consolidation", "95436008", "Lung consolidation", ("39607008", "Lung structure")),
+                label("pleural_effusion", "60046008", "Pleural effusion", ("3120008", "Pleural membrane structure")),
+                label("cardiomegaly", "8186001", "Cardiomegaly", ("80891009", "Heart structure")),
             ],
         },
         training: training_info(
@@ -393,7 +394,7 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
         },
         output: OutputSpec {
             kind: OutputTask::Segmentation,
-            labels: vec![label("nodule", "786838002", "Pulmonary nodule")],
+            labels: vec![label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))],
         },
         training: training_info(
             args,

@@ -1,6 +1,5 @@
 //! Health probes. `/health/live`: the process answers. `/health/ready`: it can take
-//! work; for now that means the data directory is writable (the index and the models
-//! join the checks with their issues).
+//! work: the data directory is writable and every configured model is loaded and warm.
 
 use std::io::Write;
 use std::path::Path;
@@ -24,7 +23,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Valu
     let dir = state.data_dir.clone();
     let probe = tokio::task::spawn_blocking(move || probe_writable(&dir)).await;
     let failure = match probe {
-        Ok(Ok(())) => return (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(Ok(())) => match state.models.readiness() {
+            Ok(()) => return (StatusCode::OK, Json(json!({ "status": "ready" }))),
+            Err(reason) => reason,
+        },
         Ok(Err(e)) => format!(
             "data directory {} is not writable: {e}",
             state.data_dir.display()

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod health;
 pub mod openapi;
+pub mod pipeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use axum::routing::get;
 
 use crate::auth::{self, Auth};
 use crate::config::Settings;
+use crate::infer::Models;
+use crate::pipeline::Pipeline;
 use crate::store::Archive;
 
 /// What the handlers share. Cheap to clone (the archive and settings are shared).
@@ -34,6 +37,10 @@ pub struct AppState {
     pub data_dir: PathBuf,
     pub archive: Archive,
     pub settings: Arc<Settings>,
+    /// The served models (empty when none are configured).
+    pub models: Models,
+    /// The study pipeline, when it runs.
+    pub pipeline: Option<Pipeline>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -50,7 +57,16 @@ impl AppState {
             data_dir: settings.data.clone(),
             archive,
             settings: Arc::new(settings.clone()),
+            models: Models::default(),
+            pipeline: None,
         }
+    }
+
+    /// The same state, serving `pipeline` and its models.
+    pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.models = pipeline.models.clone();
+        self.pipeline = Some(pipeline);
+        self
     }
 
     /// The largest request body accepted (`http.max_body_mb`), in bytes.
@@ -76,6 +92,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::metrics::routes())
         .merge(audit::routes(auth.clone()))
         .merge(openapi::routes())
+        .merge(pipeline::routes())
         .nest("/dicomweb", crate::dicomweb::routes())
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require))
         .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
@@ -125,7 +142,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        // Overload and not-yet-ready are temporary: say when to come back.
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

@@ -114,6 +114,32 @@ pub static RULES: &[RouteRule] = &[
         Some(AuditKind::Read),
     ),
     rule(Verb::Any, "/api/v1/models", Access::Roles(ML), None),
+    // The pipeline: findings are patient data; asking for (re)processing is for anyone
+    // who sends or reads studies; jobs and synchronous inference are for ML engineers.
+    rule(
+        Verb::Read,
+        "/api/v1/studies",
+        Access::Roles(READERS),
+        Some(AuditKind::Read),
+    ),
+    rule(
+        Verb::Write,
+        "/api/v1/studies",
+        Access::Roles(EVERYONE),
+        None,
+    ),
+    rule(
+        Verb::Read,
+        "/api/v1/jobs",
+        Access::Roles(ML),
+        Some(AuditKind::Read),
+    ),
+    rule(
+        Verb::Write,
+        "/api/v1/infer",
+        Access::Roles(ML),
+        Some(AuditKind::Read),
+    ),
     rule(Verb::Read, "/metrics", Access::Roles(ML), None),
 ];
 

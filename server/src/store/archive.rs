@@ -22,6 +22,7 @@ use super::blob::{BlobStore, FsBlobStore};
 use super::index::{
     AuditRecord, Conflict, Index, InstanceRecord, NewToken, SqliteIndex, TokenRecord,
 };
+use super::jobs::JobStore;
 use super::query;
 use super::{
     ArchiveConfig, AttributeSet, DuplicatePolicy, PutError, PutOutcome, Query, Scope, Source,
@@ -42,6 +43,7 @@ struct Inner {
     tmp_dir: PathBuf,
     blobs: Arc<dyn BlobStore>,
     index: Arc<dyn Index>,
+    jobs: JobStore,
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -83,6 +85,7 @@ fn source_text(source: &Source) -> String {
             calling_ae_title,
             peer,
         } => format!("dimse:{calling_ae_title}@{peer}"),
+        Source::Pipeline { model } => format!("pipeline:{model}"),
         Source::Stow { user, peer } => match peer {
             Some(p) => format!("stow:{user}@{p}"),
             None => format!("stow:{user}"),
@@ -119,8 +122,9 @@ impl Archive {
         let blob_dir = config.data_dir.join("blobs");
         tokio::fs::create_dir_all(&tmp_dir).await?;
         let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(blob_dir)?);
-        let index: Arc<dyn Index> =
-            Arc::new(SqliteIndex::open(&config.data_dir.join("index.sqlite")).await?);
+        let sqlite = SqliteIndex::open(&config.data_dir.join("index.sqlite")).await?;
+        let jobs = JobStore::new(sqlite.pool());
+        let index: Arc<dyn Index> = Arc::new(sqlite);
         let tmp = tmp_dir.clone();
         let cleaned = tokio::task::spawn_blocking(move || clean_tmp(&tmp))
             .await
@@ -159,6 +163,7 @@ impl Archive {
                 tmp_dir,
                 blobs,
                 index,
+                jobs,
                 stripes,
             }),
         })
@@ -458,6 +463,11 @@ impl Archive {
     #[cfg(test)]
     pub(crate) fn index(&self) -> &dyn Index {
         self.inner.index.as_ref()
+    }
+
+    /// The pipeline's tables: study activity, jobs, findings.
+    pub fn jobs(&self) -> &JobStore {
+        &self.inner.jobs
     }
 
     /// The data directory.

@@ -176,11 +176,18 @@ impl From<sqlx::Error> for StoreError {
 #[derive(Debug)]
 pub struct EmbeddedMigrations;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "archive",
-    include_str!("../../migrations/0001_archive.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "archive",
+        include_str!("../../migrations/0001_archive.sql"),
+    ),
+    (
+        2,
+        "pipeline",
+        include_str!("../../migrations/0002_pipeline.sql"),
+    ),
+];
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
@@ -598,6 +605,11 @@ impl SqliteIndex {
             .await
             .map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?
+    }
+
+    /// The connection pool, shared with the pipeline's tables ([`super::jobs`]).
+    pub fn pool(&self) -> SqlitePool {
+        self.pool.clone()
     }
 
     /// Closes the pool (tests use this to simulate a restart).

@@ -18,6 +18,7 @@ pub mod attributes;
 pub mod blob;
 pub mod charset;
 pub mod index;
+pub mod jobs;
 pub mod query;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 pub use archive::{Archive, Upload};
 pub use attributes::{Attribute, AttributeSet};
 pub use index::{AuditRecord, NewToken, TokenRecord};
+pub use jobs::{JobStore, Priority};
 pub use query::{
     Condition, Include, MatchKey, Query, QueryError, QueryLevel, matchable_keys, parse_condition,
     resolve_attribute,
@@ -64,6 +66,8 @@ pub enum Source {
         user: String,
         peer: Option<std::net::SocketAddr>,
     },
+    /// A result (SR, SEG) written by the pipeline for this model.
+    Pipeline { model: String },
 }
 
 /// The result of storing one instance.

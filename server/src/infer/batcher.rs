@@ -1,0 +1,401 @@
+//! The dynamic batcher of one model: a task that alone owns the queue, fed over a channel,
+//! and a device thread that alone owns the model.
+//!
+//! A batch closes when it holds `max_batch_size` images or when the first image waiting
+//! has waited `max_queue_delay`, whichever comes first; its size is the largest size the
+//! model was warmed at that fits, so the device only ever sees shapes it has compiled and
+//! tuned. Stat images are taken before routine ones. While the device runs a batch, new
+//! images queue up, so batches grow with the load. The queue is bounded by a semaphore:
+//! [`Batcher::try_submit`] refuses at once when it is full (HTTP answers 429),
+//! [`Batcher::submit`] waits (pipeline jobs, which are durable anyway).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::device::{DeviceBatch, DeviceOutput};
+use crate::metrics;
+use crate::store::Priority;
+
+/// How a model's batches are formed (Triton's words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPolicy {
+    pub max_batch_size: usize,
+    pub max_queue_delay: Duration,
+    /// Sizes the model was warmed at, ascending; always holds 1 and `max_batch_size`.
+    pub batch_sizes: Vec<usize>,
+    /// Most images waiting at once.
+    pub max_queue_size: usize,
+}
+
+impl BatchPolicy {
+    /// The batch size to run when `waiting` images wait: the largest warmed size that fits.
+    pub fn batch_size_for(&self, waiting: usize) -> usize {
+        self.batch_sizes
+            .iter()
+            .copied()
+            .filter(|&s| s <= waiting.min(self.max_batch_size))
+            .max()
+            .unwrap_or(1)
+    }
+}
+
+/// Why an image got no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    #[error("the inference queue of model `{model}` is full ({capacity} images); retry later")]
+    QueueFull { model: String, capacity: usize },
+    #[error("{images} images are more than the queue of model `{model}` holds ({capacity})")]
+    TooManyImages {
+        model: String,
+        images: usize,
+        capacity: usize,
+    },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("model `{model}` failed on the device: {message}")]
+    Device { model: String, message: String },
+    #[error("model `{0}` has stopped")]
+    Stopped(String),
+}
+
+/// Set when the work an image belongs to was withdrawn; the batcher drops such images.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What one image got back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageOutput {
+    /// Probabilities `[labels]`, or masks `[labels × rows × columns]`.
+    pub values: Vec<f32>,
+    /// From submission to the start of its batch.
+    pub queued: Duration,
+    /// The batch's time on the device.
+    pub compute: Duration,
+    pub batch_size: usize,
+}
+
+struct Pending {
+    pixels: Vec<f32>,
+    priority: Priority,
+    arrived: Instant,
+    cancel: CancelFlag,
+    reply: oneshot::Sender<Result<ImageOutput, InferError>>,
+    /// Holds one place in the queue until the image leaves it.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The submitting side of one model's batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    model: Arc<str>,
+    policy: Arc<BatchPolicy>,
+    queue: mpsc::UnboundedSender<Pending>,
+    places: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("model", &self.model)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Images waiting for a batch.
+type Replies = Vec<oneshot::Receiver<Result<ImageOutput, InferError>>>;
+
+impl Batcher {
+    /// Starts the batching task; `device` runs the batches (see [`super::device`]).
+    pub fn start(
+        model: &str,
+        policy: BatchPolicy,
+        device: std::sync::mpsc::SyncSender<DeviceBatch>,
+    ) -> Batcher {
+        let (queue, incoming) = mpsc::unbounded_channel();
+        let batcher = Batcher {
+            model: model.into(),
+            places: Arc::new(Semaphore::new(policy.max_queue_size)),
+            policy: Arc::new(policy),
+            queue,
+        };
+        tokio::spawn(run_batches(
+            batcher.model.clone(),
+            batcher.policy.clone(),
+            incoming,
+            device,
+        ));
+        batcher
+    }
+
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
+    }
+
+    /// Images waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.policy
+            .max_queue_size
+            .saturating_sub(self.places.available_permits())
+    }
+
+    /// Queues `images` if there is room for all of them now, else refuses.
+    pub fn try_submit(
+        &self,
+        images: Vec<Vec<f32>>,
+        priority: Priority,
+        cancel: &CancelFlag,
+    ) -> Result<Replies, InferError> {
+        let count = self.check_count(images.len())?;
+        let permits = self
+            .places
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| InferError::QueueFull {
+                model: self.model.to_string(),
+                capacity: self.policy.max_queue_size,
+            })?;
+        self.enqueue(images, priority, cancel, permits)
+    }
+
+    /// Queues `images`, waiting for room, and waits for their outputs (in order).
+    pub async fn submit(
+        &self,
+        images: Vec<Vec<f32>>,
+        priority: Priority,
+        cancel: &CancelFlag,
+    ) -> Result<Vec<ImageOutput>, InferError> {
+        // A series larger than half the queue goes in chunks, leaving room to others.
+        let chunk = (self.policy.max_queue_size / 2).max(1);
+        let mut outputs = Vec::with_capacity(images.len());
+        let mut images = images.into_iter().peekable();
+        while images.peek().is_some() {
+            let part: Vec<Vec<f32>> = images.by_ref().take(chunk).collect();
+            let count = self.check_count(part.len())?;
+            let permits = self
+                .places
+                .clone()
+                .acquire_many_owned(count)
+                .await
+                .map_err(|_| InferError::Stopped(self.model.to_string()))?;
+            let replies = self.enqueue(part, priority, cancel, permits)?;
+            outputs.extend(collect(replies, &self.model).await?);
+        }
+        Ok(outputs)
+    }
+
+    fn check_count(&self, images: usize) -> Result<u32, InferError> {
+        if images > self.policy.max_queue_size {
+            return Err(InferError::TooManyImages {
+                model: self.model.to_string(),
+                images,
+                capacity: self.policy.max_queue_size,
+            });
+        }
+        Ok(u32::try_from(images).unwrap_or(u32::MAX))
+    }
+
+    fn enqueue(
+        &self,
+        images: Vec<Vec<f32>>,
+        priority: Priority,
+        cancel: &CancelFlag,
+        permits: OwnedSemaphorePermit,
+    ) -> Result<Replies, InferError> {
+        let arrived = Instant::now();
+        let mut replies = Vec::with_capacity(images.len());
+        let count = images.len();
+        let mut rest = Some(permits);
+        for (i, pixels) in images.into_iter().enumerate() {
+            let (reply, answer) = oneshot::channel();
+            // One permit per image, so each frees its place as it leaves the queue.
+            let permit = if i + 1 == count {
+                rest.take()
+            } else {
+                rest.as_mut().and_then(|p| p.split(1))
+            };
+            self.queue
+                .send(Pending {
+                    pixels,
+                    priority,
+                    arrived,
+                    cancel: cancel.clone(),
+                    reply,
+                    _permit: permit,
+                })
+                .map_err(|_| InferError::Stopped(self.model.to_string()))?;
+            replies.push(answer);
+        }
+        metrics::set_queue_depth(&self.model, self.queue_depth());
+        Ok(replies)
+    }
+}
+
+/// Waits for every reply, in order.
+pub async fn collect(replies: Replies, model: &str) -> Result<Vec<ImageOutput>, InferError> {
+    let mut outputs = Vec::with_capacity(replies.len());
+    for reply in replies {
+        outputs.push(
+            reply
+                .await
+                .map_err(|_| InferError::Stopped(model.to_owned()))??,
+        );
+    }
+    Ok(outputs)
+}
+
+/// The batching task: forms batches and hands them to the device thread, one at a time.
+async fn run_batches(
+    model: Arc<str>,
+    policy: Arc<BatchPolicy>,
+    mut incoming: mpsc::UnboundedReceiver<Pending>,
+    device: std::sync::mpsc::SyncSender<DeviceBatch>,
+) {
+    let mut stat: VecDeque<Pending> = VecDeque::new();
+    let mut routine: VecDeque<Pending> = VecDeque::new();
+    let push = |p: Pending, stat: &mut VecDeque<Pending>, routine: &mut VecDeque<Pending>| {
+        if p.cancel.is_cancelled() {
+            let _ = p.reply.send(Err(InferError::Cancelled));
+        } else if p.priority == Priority::Stat {
+            stat.push_back(p);
+        } else {
+            routine.push_back(p);
+        }
+    };
+    loop {
+        if stat.is_empty() && routine.is_empty() {
+            match incoming.recv().await {
+                Some(p) => push(p, &mut stat, &mut routine),
+                None => return,
+            }
+        }
+        while let Ok(p) = incoming.try_recv() {
+            push(p, &mut stat, &mut routine);
+        }
+        // Wait for more until the batch is full or the oldest image has waited long enough.
+        let oldest = stat
+            .iter()
+            .chain(routine.iter())
+            .map(|p| p.arrived)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let deadline = tokio::time::Instant::from_std(oldest + policy.max_queue_delay);
+        while stat.len() + routine.len() < policy.max_batch_size {
+            tokio::select! {
+                next = incoming.recv() => match next {
+                    Some(p) => push(p, &mut stat, &mut routine),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for queue in [&mut stat, &mut routine] {
+            let (live, cancelled): (VecDeque<Pending>, VecDeque<Pending>) =
+                queue.drain(..).partition(|p| !p.cancel.is_cancelled());
+            *queue = live;
+            for p in cancelled {
+                let _ = p.reply.send(Err(InferError::Cancelled));
+            }
+        }
+        let waiting = stat.len() + routine.len();
+        if waiting == 0 {
+            continue;
+        }
+        let size = policy.batch_size_for(waiting);
+        let from_stat = size.min(stat.len());
+        let from_routine = (size - from_stat).min(routine.len());
+        let batch: Vec<Pending> = stat
+            .drain(..from_stat)
+            .chain(routine.drain(..from_routine))
+            .collect();
+        run_batch(&model, batch, &device).await;
+        metrics::set_queue_depth(&model, stat.len() + routine.len() + incoming.len());
+    }
+}
+
+/// Runs one batch on the device thread and answers each image.
+async fn run_batch(
+    model: &str,
+    batch: Vec<Pending>,
+    device: &std::sync::mpsc::SyncSender<DeviceBatch>,
+) {
+    let started = Instant::now();
+    let size = batch.len();
+    let image_len = batch.first().map_or(0, |p| p.pixels.len());
+    let mut pixels = Vec::with_capacity(size * image_len);
+    for p in &batch {
+        pixels.extend_from_slice(&p.pixels);
+    }
+    let (done, outcome) = oneshot::channel();
+    let sent = device.send(DeviceBatch {
+        pixels,
+        images: size,
+        done,
+    });
+    let result = match sent {
+        Ok(()) => outcome.await.unwrap_or_else(|_| {
+            Err("the device thread stopped while running the batch".to_owned())
+        }),
+        Err(_) => Err("the device thread has stopped".to_owned()),
+    };
+    metrics::record_batch(model, size);
+    match result {
+        Ok(DeviceOutput { values, compute }) => {
+            metrics::record_stage(model, "compute", compute);
+            let per_image = values.len() / size.max(1);
+            for (i, p) in batch.into_iter().enumerate() {
+                let queued = started.saturating_duration_since(p.arrived);
+                metrics::record_stage(model, "queue", queued);
+                let _ = p.reply.send(Ok(ImageOutput {
+                    values: values[i * per_image..(i + 1) * per_image].to_vec(),
+                    queued,
+                    compute,
+                    batch_size: size,
+                }));
+            }
+        }
+        Err(message) => {
+            tracing::warn!(model, batch = size, %message, "batch failed on the device");
+            for p in batch {
+                let _ = p.reply.send(Err(InferError::Device {
+                    model: model.to_owned(),
+                    message: message.clone(),
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_is_the_largest_warmed_size_that_fits() {
+        let policy = BatchPolicy {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_millis(5),
+            batch_sizes: vec![1, 4, 8],
+            max_queue_size: 64,
+        };
+        assert_eq!(policy.batch_size_for(1), 1);
+        assert_eq!(policy.batch_size_for(3), 1);
+        assert_eq!(policy.batch_size_for(5), 4);
+        assert_eq!(policy.batch_size_for(8), 8);
+        assert_eq!(policy.batch_size_for(30), 8);
+    }
+}

@@ -1,0 +1,82 @@
+//! The demo model packages, embedded in the binary so that `radserve serve` runs them with no
+//! configuration and no download. They are the packages committed under `models/zoo/`
+//! (trained on synthetic data by this project's trainer; not for clinical use).
+
+use std::path::Path;
+
+use super::{ModelConfig, ModelsError};
+
+/// One file of an embedded package.
+struct EmbeddedFile {
+    name: &'static str,
+    bytes: &'static [u8],
+}
+
+/// The embedded packages: directory name and files.
+const PACKAGES: &[(&str, &[EmbeddedFile])] = &[
+    (
+        "chest-xray-findings",
+        &[
+            EmbeddedFile {
+                name: "model.toml",
+                bytes: include_bytes!("../../../models/zoo/chest-xray-findings/model.toml"),
+            },
+            EmbeddedFile {
+                name: "weights.bpk",
+                bytes: include_bytes!("../../../models/zoo/chest-xray-findings/weights.bpk"),
+            },
+            EmbeddedFile {
+                name: "MODEL_CARD.md",
+                bytes: include_bytes!("../../../models/zoo/chest-xray-findings/MODEL_CARD.md"),
+            },
+        ],
+    ),
+    (
+        "ct-lung-nodule",
+        &[
+            EmbeddedFile {
+                name: "model.toml",
+                bytes: include_bytes!("../../../models/zoo/ct-lung-nodule/model.toml"),
+            },
+            EmbeddedFile {
+                name: "weights.bpk",
+                bytes: include_bytes!("../../../models/zoo/ct-lung-nodule/weights.bpk"),
+            },
+            EmbeddedFile {
+                name: "MODEL_CARD.md",
+                bytes: include_bytes!("../../../models/zoo/ct-lung-nodule/MODEL_CARD.md"),
+            },
+        ],
+    ),
+];
+
+/// Writes the embedded packages under `root` (replacing files that differ, so an upgraded
+/// binary brings its own models) and returns their configs with default batching.
+pub fn install(root: &Path) -> Result<Vec<ModelConfig>, ModelsError> {
+    let mut configs = Vec::with_capacity(PACKAGES.len());
+    for (directory, files) in PACKAGES {
+        let dir = root.join(directory);
+        let failed = |reason| ModelsError::Demo {
+            path: dir.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        for file in *files {
+            let path = dir.join(file.name);
+            if std::fs::read(&path).ok().as_deref() != Some(file.bytes) {
+                // Written aside and renamed, so a crash never leaves half a weights file.
+                let partial = dir.join(format!(".{}.partial", file.name));
+                std::fs::write(&partial, file.bytes).map_err(failed)?;
+                std::fs::rename(&partial, &path).map_err(failed)?;
+            }
+        }
+        configs.push(ModelConfig {
+            package: dir,
+            max_batch_size: super::DEFAULT_MAX_BATCH_SIZE,
+            max_queue_delay_ms: super::DEFAULT_MAX_QUEUE_DELAY_MS,
+            preferred_batch_sizes: vec![4],
+            max_queue_size: super::DEFAULT_MAX_QUEUE_SIZE,
+        });
+    }
+    Ok(configs)
+}

@@ -1,0 +1,85 @@
+//! Stability: route each study once it has rested (or when asked), and keep the job
+//! gauges and expired leases in order.
+
+use std::time::Duration;
+
+use super::Pipeline;
+use super::routing::route_study;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+
+/// Studies looked at per tick.
+const STUDIES_PER_TICK: u32 = 256;
+
+/// Runs until shutdown: every poll interval, routes the studies that are due.
+pub async fn run(pipeline: Pipeline, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(pipeline.config.poll_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.requested() => return,
+        }
+        if let Err(e) = step(&pipeline).await {
+            tracing::warn!(error = %e, "pipeline stability step failed; trying again");
+        }
+    }
+}
+
+/// One look at the pending studies, the leases and the gauges.
+pub async fn step(pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
+    let jobs = pipeline.archive.jobs();
+    let reclaimed = jobs.reclaim_expired().await?;
+    if reclaimed > 0 {
+        tracing::warn!(
+            jobs = reclaimed,
+            "jobs whose worker stopped are queued again"
+        );
+        pipeline.jobs_created.notify_waiters();
+    }
+    let now = chrono::Utc::now();
+    for study in jobs.pending_studies(STUDIES_PER_TICK).await? {
+        let rested = chrono::DateTime::parse_from_rfc3339(&study.last_received_at)
+            .map(|at| {
+                (now - at.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(Duration::MAX);
+        if !study.process_requested && rested < pipeline.config.stable_after(&study.last_source) {
+            continue;
+        }
+        // Only the series that changed (all of them when reprocessing was asked).
+        let series = jobs
+            .series_of_study(&study.study_instance_uid, study.routed_instance_id)
+            .await?;
+        let new_jobs = route_study(
+            &pipeline.routes,
+            &series,
+            study.requested_priority,
+            pipeline.config.max_attempts,
+        );
+        match jobs
+            .create_jobs(&study.study_instance_uid, study.last_instance_id, &new_jobs)
+            .await?
+        {
+            Some(ids) if !ids.is_empty() => {
+                tracing::info!(jobs = ids.len(), "study complete: jobs queued");
+                tracing::debug!(study = %study.study_instance_uid, ?ids, "jobs created");
+                pipeline.jobs_created.notify_waiters();
+            }
+            Some(_) => tracing::debug!(
+                study = %study.study_instance_uid,
+                "study complete: no route selects its series"
+            ),
+            None => {} // an instance arrived meanwhile: wait for it to rest
+        }
+    }
+    for (state, count) in jobs.counts_by_state().await? {
+        metrics::set_jobs(&state, count);
+    }
+    for (model, label, count) in jobs.positive_findings_by_label().await? {
+        metrics::set_findings(&model, &label, count);
+    }
+    Ok(())
+}
