@@ -390,23 +390,29 @@ where
     }
 }
 
-/// Generates a synthetic sample set with dicom-samples (`generate_args` after
-/// `generate --out OUT/generated --quiet`) and its transfer-syntax variants with
-/// `make-transfer-syntax-variants.sh`; returns `(variant name, directory)`, sorted.
-pub fn generate_sample_variants(out: &Path, generate_args: &[&str]) -> Vec<(String, PathBuf)> {
+/// Runs `dicom-samples generate --quiet --out OUT` with `generate_args` (the
+/// generator's own CLI, built by cargo like the server).
+pub fn generate_samples(out: &Path, generate_args: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let generated = out.join("generated");
-    let variants = out.join("variants");
     let status = Command::new(cargo)
         .current_dir(workspace_root())
         .args(["run", "--quiet", "--package", "dicom-samples", "--"])
         .args(["generate", "--quiet", "--out"])
-        .arg(&generated)
+        .arg(out)
         .args(generate_args)
         .stdin(Stdio::null())
         .status()
         .expect("cannot run cargo to generate samples");
     assert!(status.success(), "dicom-samples generate failed ({status})");
+}
+
+/// Generates a synthetic sample set with dicom-samples (`generate_args` after
+/// `generate --out OUT/generated --quiet`) and its transfer-syntax variants with
+/// `make-transfer-syntax-variants.sh`; returns `(variant name, directory)`, sorted.
+pub fn generate_sample_variants(out: &Path, generate_args: &[&str]) -> Vec<(String, PathBuf)> {
+    let generated = out.join("generated");
+    let variants = out.join("variants");
+    generate_samples(&generated, generate_args);
     let script = workspace_root().join("dicom-samples/scripts/make-transfer-syntax-variants.sh");
     let output = run_to_exit(
         Command::new("bash")
@@ -738,3 +744,37 @@ mod tests {
     }
 }
 pub mod corpus;
+
+/// Splits a multipart/related response into its parts' bodies.
+pub fn split_multipart(content_type: &str, body: &[u8]) -> Vec<Vec<u8>> {
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .unwrap_or_else(|| panic!("no boundary in {content_type:?}"))
+        .trim_matches('"');
+    let delimiter = format!("\r\n--{boundary}");
+    // Prepend CRLF so that the first delimiter looks like the others.
+    let mut data = b"\r\n".to_vec();
+    data.extend_from_slice(body);
+    let mut parts = Vec::new();
+    let positions: Vec<usize> = find_all(&data, delimiter.as_bytes());
+    for pair in positions.windows(2) {
+        let part = &data[pair[0] + delimiter.len()..pair[1]];
+        let headers_end = find_all(part, b"\r\n\r\n")[0];
+        parts.push(part[headers_end + 4..].to_vec());
+    }
+    assert!(
+        data[*positions.last().unwrap() + delimiter.len()..].starts_with(b"--"),
+        "no closing delimiter"
+    );
+    parts
+}
+
+pub fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}

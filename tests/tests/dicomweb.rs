@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use radserve_tests::{RadServe, http_client, radserve_command};
+use radserve_tests::{RadServe, http_client, radserve_command, split_multipart};
 use serde_json::Value;
 
 const TOKEN: &str = "dicomweb-e2e-token-5b0d7f3c9a";
@@ -173,40 +173,6 @@ fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
     }
     body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     body
-}
-
-/// Splits a multipart/related response into its parts' bodies.
-fn split_multipart(content_type: &str, body: &[u8]) -> Vec<Vec<u8>> {
-    let boundary = content_type
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))
-        .unwrap_or_else(|| panic!("no boundary in {content_type:?}"))
-        .trim_matches('"');
-    let delimiter = format!("\r\n--{boundary}");
-    // Prepend CRLF so that the first delimiter looks like the others.
-    let mut data = b"\r\n".to_vec();
-    data.extend_from_slice(body);
-    let mut parts = Vec::new();
-    let positions: Vec<usize> = find_all(&data, delimiter.as_bytes());
-    for pair in positions.windows(2) {
-        let part = &data[pair[0] + delimiter.len()..pair[1]];
-        let headers_end = find_all(part, b"\r\n\r\n")[0];
-        parts.push(part[headers_end + 4..].to_vec());
-    }
-    assert!(
-        data[*positions.last().unwrap() + delimiter.len()..].starts_with(b"--"),
-        "no closing delimiter"
-    );
-    parts
-}
-
-fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
-    haystack
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(i, _)| i)
-        .collect()
 }
 
 fn pixel_data_of(bytes: &[u8]) -> Vec<u8> {

@@ -163,10 +163,10 @@ pub fn build_seg(
     let normal = cross(&grid.orientation);
     let mut positions: Vec<(f64, [f64; 3])> = Vec::new();
     for frame in &kept {
-        if let Some(g) = &geometries[frame.source_index] {
-            if !positions.iter().any(|(_, p)| same_position(p, &g.position)) {
-                positions.push((dot(&normal, &g.position), g.position));
-            }
+        if let Some(g) = &geometries[frame.source_index]
+            && !positions.iter().any(|(_, p)| same_position(p, &g.position))
+        {
+            positions.push((dot(&normal, &g.position), g.position));
         }
     }
     positions.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -256,7 +256,8 @@ pub fn build_seg(
         &mut obj,
         tags::CONTENT_CREATOR_NAME,
         VR::PN,
-        super::MANUFACTURER,
+        // A device, not a person: the name as the family-name component.
+        &format!("{}^", super::MANUFACTURER),
     );
     put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
     put_str(&mut obj, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
@@ -635,7 +636,7 @@ fn segment_item(segment: &Segment, algorithm: &AlgorithmInfo) -> InMemDicomObjec
         tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE,
         vec![identification],
     );
-    put_str(&mut item, tags::TRACKING_ID, VR::LO, &segment.tracking_id);
+    put_str(&mut item, tags::TRACKING_ID, VR::UT, &segment.tracking_id);
     put_str(&mut item, tags::TRACKING_UID, VR::UI, &segment.tracking_uid);
     item
 }
@@ -744,6 +745,14 @@ fn per_frame_groups(
             "Source image for image processing operation",
         )],
     );
+    // The mask lies on the source's own pixel grid (readers such as highdicom index frames
+    // by source image only when this says so).
+    put_str(
+        &mut source_image,
+        tags::SPATIAL_LOCATIONS_PRESERVED,
+        VR::CS,
+        "YES",
+    );
     let mut derivation = InMemDicomObject::new_empty();
     put_seq(
         &mut derivation,
@@ -834,13 +843,11 @@ fn pack_bits<'a>(masks: impl Iterator<Item = &'a [bool]>) -> Vec<u8> {
     let mut bit = 0usize;
     for mask in masks {
         for &pixel in mask {
-            if bit % 8 == 0 {
+            if bit.is_multiple_of(8) {
                 bytes.push(0);
             }
-            if pixel {
-                if let Some(last) = bytes.last_mut() {
-                    *last |= 1 << (bit % 8);
-                }
+            if pixel && let Some(last) = bytes.last_mut() {
+                *last |= 1 << (bit % 8);
             }
             bit += 1;
         }

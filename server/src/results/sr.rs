@@ -20,8 +20,6 @@
 //! Algorithm Identification (TID 4019), the model's probability (DCM 111012 "Certainty of
 //! Finding", unit `1`) and one NUM (TID 300) per measurement.
 
-use std::collections::BTreeMap;
-
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
@@ -326,61 +324,59 @@ fn template(identifier: &str) -> InMemDicomObject {
 /// Current Requested Procedure Evidence: every source image, and the SEG (same study) that
 /// the content tree references, grouped by study and series as the macro requires.
 fn evidence(ids: &[SourceIds], seg: Option<&SegReference>) -> Vec<InMemDicomObject> {
-    // study → series → [(class, instance)], in first-seen order kept by the BTreeMap keys'
-    // insertion index.
-    let mut studies: BTreeMap<(usize, String), BTreeMap<(usize, String), Vec<(String, String)>>> =
-        BTreeMap::new();
-    let mut refs: Vec<(String, String, String, String)> = ids
+    let mut refs: Vec<Reference> = ids
         .iter()
-        .map(|id| {
-            (
-                id.study_instance_uid.clone(),
-                id.series_instance_uid.clone(),
-                id.sop_class_uid.clone(),
-                id.sop_instance_uid.clone(),
-            )
+        .map(|id| Reference {
+            study: &id.study_instance_uid,
+            series: &id.series_instance_uid,
+            class: &id.sop_class_uid,
+            instance: &id.sop_instance_uid,
         })
         .collect();
     if let Some(seg) = seg {
-        refs.push((
-            ids[0].study_instance_uid.clone(),
-            seg.series_instance_uid.clone(),
-            SEGMENTATION_STORAGE.to_string(),
-            seg.sop_instance_uid.clone(),
-        ));
+        refs.push(Reference {
+            study: &ids[0].study_instance_uid,
+            series: &seg.series_instance_uid,
+            class: SEGMENTATION_STORAGE,
+            instance: &seg.sop_instance_uid,
+        });
     }
-    let mut study_order: Vec<String> = Vec::new();
-    let mut series_order: Vec<String> = Vec::new();
-    for (study, series, class, inst) in refs {
-        let s = position_or_push(&mut study_order, &study);
-        let r = position_or_push(&mut series_order, &series);
-        let instances = studies
-            .entry((s, study))
-            .or_default()
-            .entry((r, series))
-            .or_default();
-        if !instances.iter().any(|(_, i)| *i == inst) {
-            instances.push((class, inst));
+    // Studies, then series, in first-seen order; each instance once.
+    let mut studies: Vec<&str> = Vec::new();
+    for r in &refs {
+        if !studies.contains(&r.study) {
+            studies.push(r.study);
         }
     }
     studies
         .into_iter()
-        .map(|((_, study), series)| {
-            let mut study_item = InMemDicomObject::new_empty();
-            put_str(&mut study_item, tags::STUDY_INSTANCE_UID, VR::UI, &study);
+        .map(|study| {
+            let in_study: Vec<&Reference> = refs.iter().filter(|r| r.study == study).collect();
+            let mut series: Vec<&str> = Vec::new();
+            for r in &in_study {
+                if !series.contains(&r.series) {
+                    series.push(r.series);
+                }
+            }
             let series_items = series
                 .into_iter()
-                .map(|((_, series), instances)| {
+                .map(|uid| {
+                    let mut instances: Vec<&str> = Vec::new();
+                    let mut sops = Vec::new();
+                    for r in in_study.iter().filter(|r| r.series == uid) {
+                        if !instances.contains(&r.instance) {
+                            instances.push(r.instance);
+                            sops.push(sop_reference(r.class, r.instance));
+                        }
+                    }
                     let mut series_item = InMemDicomObject::new_empty();
-                    put_str(&mut series_item, tags::SERIES_INSTANCE_UID, VR::UI, &series);
-                    let sops = instances
-                        .iter()
-                        .map(|(class, inst)| sop_reference(class, inst))
-                        .collect();
+                    put_str(&mut series_item, tags::SERIES_INSTANCE_UID, VR::UI, uid);
                     put_seq(&mut series_item, tags::REFERENCED_SOP_SEQUENCE, sops);
                     series_item
                 })
                 .collect();
+            let mut study_item = InMemDicomObject::new_empty();
+            put_str(&mut study_item, tags::STUDY_INSTANCE_UID, VR::UI, study);
             put_seq(
                 &mut study_item,
                 tags::REFERENCED_SERIES_SEQUENCE,
@@ -391,14 +387,12 @@ fn evidence(ids: &[SourceIds], seg: Option<&SegReference>) -> Vec<InMemDicomObje
         .collect()
 }
 
-fn position_or_push(order: &mut Vec<String>, value: &str) -> usize {
-    match order.iter().position(|v| v == value) {
-        Some(position) => position,
-        None => {
-            order.push(value.to_string());
-            order.len() - 1
-        }
-    }
+/// One instance the SR references, with the study and series it belongs to.
+struct Reference<'a> {
+    study: &'a str,
+    series: &'a str,
+    class: &'a str,
+    instance: &'a str,
 }
 
 fn sop_reference(class: &str, instance: &str) -> InMemDicomObject {
@@ -593,7 +587,9 @@ fn device_observer_uid(algorithm: &AlgorithmInfo) -> String {
 /// TID 1600: one Image Library Group per (modality, frame of reference), with those two as the
 /// group's shared descriptors (TID 1602), then one IMAGE item per source image.
 fn image_library(ids: &[SourceIds]) -> InMemDicomObject {
-    let mut groups: Vec<((Option<&str>, Option<&str>), Vec<&SourceIds>)> = Vec::new();
+    // (modality, frame of reference) → its images, in first-seen order.
+    type Key<'a> = (Option<&'a str>, Option<&'a str>);
+    let mut groups: Vec<(Key, Vec<&SourceIds>)> = Vec::new();
     for id in ids {
         let key = (id.modality.as_deref(), id.frame_of_reference_uid.as_deref());
         match groups.iter_mut().find(|(k, _)| *k == key) {
