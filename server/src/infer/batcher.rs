@@ -399,3 +399,126 @@ mod tests {
         assert_eq!(policy.batch_size_for(30), 8);
     }
 }
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A device that echoes each image's first value, records the batches it ran, and
+    /// waits for `gate` before each batch (so tests can fill the queue meanwhile).
+    struct FakeDevice {
+        batches: Arc<Mutex<Vec<Vec<f32>>>>,
+        gate: std::sync::mpsc::Sender<Result<(), String>>,
+    }
+
+    fn fake_device(policy: BatchPolicy) -> (Batcher, FakeDevice) {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<DeviceBatch>(1);
+        let (gate, gate_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        std::thread::spawn(move || {
+            while let Ok(batch) = receiver.recv() {
+                let outcome = gate_rx.recv().unwrap_or(Err("gate closed".into()));
+                let firsts: Vec<f32> = batch.pixels.chunks(2).map(|c| c[0]).collect();
+                seen.lock().unwrap().push(firsts.clone());
+                let _ = batch.done.send(outcome.map(|()| DeviceOutput {
+                    values: firsts,
+                    compute: Duration::from_millis(1),
+                }));
+            }
+        });
+        (
+            Batcher::start("fake", policy, sender),
+            FakeDevice { batches, gate },
+        )
+    }
+
+    fn policy(max_batch_size: usize, max_queue_size: usize) -> BatchPolicy {
+        BatchPolicy {
+            max_batch_size,
+            max_queue_delay: Duration::from_millis(20),
+            batch_sizes: vec![1, 2, max_batch_size],
+            max_queue_size,
+        }
+    }
+
+    fn images(first: f32, count: usize) -> Vec<Vec<f32>> {
+        (0..count).map(|i| vec![first + i as f32, 0.0]).collect()
+    }
+
+    #[tokio::test]
+    async fn stat_images_run_before_routine_ones_in_warmed_batch_sizes() {
+        let (batcher, device) = fake_device(policy(4, 64));
+        let none = CancelFlag::default();
+        // The first image occupies the device; the rest queue behind it.
+        let first = batcher.try_submit(images(0.0, 1), Priority::Routine, &none).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let routine = batcher.try_submit(images(100.0, 5), Priority::Routine, &none).unwrap();
+        let stat = batcher.try_submit(images(200.0, 2), Priority::Stat, &none).unwrap();
+        assert_eq!(batcher.queue_depth(), 8);
+        for _ in 0..4 {
+            device.gate.send(Ok(())).unwrap();
+        }
+        let stat = collect(stat, "fake").await.unwrap();
+        let routine = collect(routine, "fake").await.unwrap();
+        collect(first, "fake").await.unwrap();
+        assert_eq!(stat[0].values, vec![200.0]);
+        assert_eq!(routine[4].values, vec![104.0]);
+        let batches = device.batches.lock().unwrap().clone();
+        // 1, then 4 (two stat + two routine), then the 3 routine left run as 2 + 1.
+        assert_eq!(
+            batches,
+            vec![
+                vec![0.0],
+                vec![200.0, 201.0, 100.0, 101.0],
+                vec![102.0, 103.0],
+                vec![104.0]
+            ]
+        );
+        assert_eq!(batcher.queue_depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_frees_places_as_images_leave() {
+        let (batcher, device) = fake_device(policy(2, 3));
+        let none = CancelFlag::default();
+        let held = batcher.try_submit(images(0.0, 3), Priority::Routine, &none).unwrap();
+        let refused = batcher.try_submit(images(10.0, 1), Priority::Stat, &none);
+        assert!(
+            matches!(refused, Err(InferError::QueueFull { capacity: 3, .. })),
+            "{refused:?}"
+        );
+        let too_many = batcher.try_submit(images(10.0, 4), Priority::Stat, &none);
+        assert!(matches!(too_many, Err(InferError::TooManyImages { .. })));
+        device.gate.send(Ok(())).unwrap();
+        device.gate.send(Ok(())).unwrap();
+        collect(held, "fake").await.unwrap();
+        let again = batcher.try_submit(images(20.0, 3), Priority::Routine, &none).unwrap();
+        device.gate.send(Ok(())).unwrap();
+        device.gate.send(Ok(())).unwrap();
+        assert_eq!(collect(again, "fake").await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn cancelled_images_are_dropped_and_a_device_failure_fails_only_its_batch() {
+        let (batcher, device) = fake_device(policy(4, 16));
+        let none = CancelFlag::default();
+        let first = batcher.try_submit(images(0.0, 1), Priority::Routine, &none).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let withdrawn = CancelFlag::default();
+        let cancelled = batcher.try_submit(images(50.0, 2), Priority::Routine, &withdrawn).unwrap();
+        withdrawn.cancel();
+        let failing = batcher.try_submit(images(60.0, 1), Priority::Routine, &none).unwrap();
+        device.gate.send(Ok(())).unwrap();
+        device.gate.send(Err("out of device memory".into())).unwrap();
+        collect(first, "fake").await.unwrap();
+        assert_eq!(collect(cancelled, "fake").await, Err(InferError::Cancelled));
+        let failed = collect(failing, "fake").await.unwrap_err();
+        assert!(failed.to_string().contains("out of device memory"), "{failed}");
+        // The batcher goes on.
+        let later = batcher.try_submit(images(70.0, 1), Priority::Routine, &none).unwrap();
+        device.gate.send(Ok(())).unwrap();
+        assert_eq!(collect(later, "fake").await.unwrap()[0].values, vec![70.0]);
+    }
+}

@@ -25,6 +25,7 @@ use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
+use super::seg::SEGMENTATION_STORAGE;
 use super::{
     AlgorithmInfo, Finding, Measurement, NewInstance, ResultError, SourceIds, SourceImage,
     check_algorithm, check_concept, check_instance, check_uid, code_item, concept_item,
@@ -41,8 +42,6 @@ pub struct SegReference {
 
 /// SOP class of the SR we write: Comprehensive 3D SR, the SR class that allows SCOORD3D.
 pub const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
-/// SOP class of the SEG the SR references.
-const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
 /// A code known at compile time: (value, scheme, meaning).
 type Code = (&'static str, &'static str, &'static str);

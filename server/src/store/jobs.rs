@@ -658,3 +658,155 @@ impl JobStore {
         .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Archive, ArchiveConfig};
+    use std::time::Duration;
+
+    async fn store() -> (tempfile::TempDir, JobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(ArchiveConfig {
+            data_dir: dir.path().to_owned(),
+            duplicate_policy: Default::default(),
+        })
+        .await
+        .unwrap();
+        (dir, archive.jobs().clone())
+    }
+
+    /// A study with activity up to instance `last` (as the trigger would record it).
+    async fn activity(store: &JobStore, study: &str, last: i64) {
+        sqlx::query(
+            "INSERT INTO study_activity (study_instance_uid, last_instance_id, last_received_at, last_source) \
+             VALUES (?, ?, '2026-01-01T00:00:00.000Z', 'dimse:CT1@10.0.0.1:1') \
+             ON CONFLICT(study_instance_uid) DO UPDATE SET last_instance_id = excluded.last_instance_id",
+        )
+        .bind(study)
+        .bind(last)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    }
+
+    fn job(series: &str) -> NewJob {
+        NewJob {
+            series_instance_uid: series.into(),
+            model: "m".into(),
+            priority: Priority::Routine,
+            max_attempts: 2,
+        }
+    }
+
+    fn finding(uid: &str) -> FindingRow {
+        FindingRow {
+            label: "nodule".into(),
+            code_scheme: "SCT".into(),
+            code_value: "786838002".into(),
+            code_meaning: "Pulmonary nodule".into(),
+            probability: 0.9,
+            positive: true,
+            tracking_uid: uid.into(),
+            source_instances: vec!["1.2.3".into()],
+            measurements: serde_json::json!([]),
+            location: serde_json::Value::Null,
+        }
+    }
+
+    fn completion(findings: &[FindingRow]) -> Completion<'_> {
+        Completion {
+            model_version: "1",
+            weights_sha256: "ab",
+            findings,
+            timings: serde_json::json!({}),
+            sr_sop_instance_uid: None,
+            seg_sop_instance_uid: None,
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_job_is_claimed_once_and_completed_once() {
+        let (_dir, store) = store().await;
+        activity(&store, "1.1", 5).await;
+        assert_eq!(store.pending_studies(10).await.unwrap().len(), 1);
+        // An instance arrived after routing looked: nothing is written.
+        assert_eq!(store.create_jobs("1.1", 4, &[job("1.1.1")]).await.unwrap(), None);
+        let ids = store.create_jobs("1.1", 5, &[job("1.1.1")]).await.unwrap().unwrap();
+        assert_eq!(ids.len(), 1);
+        assert!(store.pending_studies(10).await.unwrap().is_empty());
+
+        let (a, b) = tokio::join!(store.claim("a", LEASE), store.claim("b", LEASE));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.is_some() != b.is_some(), "exactly one claim wins: {a:?} {b:?}");
+        let (owner, claimed) = match (a, b) {
+            (Some(j), None) => ("a", j),
+            (None, Some(j)) => ("b", j),
+            _ => unreachable!(),
+        };
+        assert_eq!(claimed.attempts, 1);
+        let other = if owner == "a" { "b" } else { "a" };
+        let rows = [finding("2.25.1")];
+        assert!(!store.complete(&claimed, other, &completion(&rows)).await.unwrap());
+        assert!(store.complete(&claimed, owner, &completion(&rows)).await.unwrap());
+        assert!(!store.complete(&claimed, owner, &completion(&rows)).await.unwrap());
+        assert_eq!(store.findings("1.1", true).await.unwrap().len(), 1);
+        assert_eq!(store.job(claimed.id).await.unwrap().unwrap().state, "done");
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_reclaimed_and_failures_retried_then_failed() {
+        let (_dir, store) = store().await;
+        activity(&store, "1.2", 1).await;
+        store.create_jobs("1.2", 1, &[job("1.2.1")]).await.unwrap();
+        let first = store.claim("dead", Duration::ZERO).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.reclaim_expired().await.unwrap(), 1);
+        // The dead worker's late completion is refused.
+        assert!(!store.complete(&first, "dead", &completion(&[])).await.unwrap());
+        let second = store.claim("alive", LEASE).await.unwrap().unwrap();
+        assert_eq!((second.id, second.attempts), (first.id, 2));
+        // The last attempt fails for good, with its reason.
+        store
+            .record_failure(&second, "alive", "device lost", Some(Duration::ZERO))
+            .await
+            .unwrap();
+        let failed = store.job(second.id).await.unwrap().unwrap();
+        assert_eq!(failed.state, "failed");
+        assert_eq!(failed.last_error.as_deref(), Some("device lost"));
+        assert!(store.claim("alive", LEASE).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn new_instances_make_a_new_result_version_that_supersedes_the_old() {
+        let (_dir, store) = store().await;
+        activity(&store, "1.3", 1).await;
+        store.create_jobs("1.3", 1, &[job("1.3.1")]).await.unwrap();
+        let v1 = store.claim("w", LEASE).await.unwrap().unwrap();
+        store.complete(&v1, "w", &completion(&[finding("2.25.10")])).await.unwrap();
+        activity(&store, "1.3", 2).await;
+        store.create_jobs("1.3", 2, &[job("1.3.1")]).await.unwrap();
+        let v2 = store.claim("w", LEASE).await.unwrap().unwrap();
+        assert_eq!(v2.result_version, 2);
+        store.complete(&v2, "w", &completion(&[finding("2.25.20")])).await.unwrap();
+        let current = store.findings("1.3", false).await.unwrap();
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].finding.tracking_uid, "2.25.20");
+        let all = store.findings("1.3", true).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().any(|f| f.superseded && f.result_version == 1));
+        // A queued job made obsolete by a newer one is cancelled, not run.
+        activity(&store, "1.3", 3).await;
+        store.create_jobs("1.3", 3, &[job("1.3.1")]).await.unwrap();
+        activity(&store, "1.3", 4).await;
+        store.create_jobs("1.3", 4, &[job("1.3.1")]).await.unwrap();
+        let counts: BTreeMapCounts = store.counts_by_state().await.unwrap().into_iter().collect();
+        assert_eq!(counts["cancelled"], 1);
+        assert_eq!(counts["queued"], 1);
+        assert_eq!(store.cancel_study("1.3").await.unwrap(), 1);
+    }
+
+    type BTreeMapCounts = std::collections::BTreeMap<String, i64>;
+}
