@@ -47,6 +47,8 @@ pub const RADSERVE_ENV: &[&str] = &[
 
 /// How long a server may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to turn ready (loading and warming its models).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a process may take to exit when asked to, or when it should fail at once.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -198,6 +200,28 @@ impl RadServe {
     /// `http://127.0.0.1:<http_port><path>`
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// Waits until `/health/ready` answers 200 (models loaded and warm), at most
+    /// [`READY_TIMEOUT`]; panics with the server's log otherwise.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let status = http_client()
+                .get(&self.url("/health/ready"))
+                .call()
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready within {READY_TIMEOUT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Everything the server wrote to stderr (its log) so far.

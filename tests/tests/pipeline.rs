@@ -41,28 +41,8 @@ fn serve(data: &Path, config: &Path) -> RadServe {
         .arg("--config")
         .arg(config);
     let server = RadServe::start(cmd);
-    wait_ready(&server);
+    server.wait_ready();
     server
-}
-
-fn wait_ready(server: &RadServe) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let status = http_client()
-            .get(&server.url("/health/ready"))
-            .call()
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        if status == 200 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server not ready (models not loaded?); stderr:\n{}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn get(server: &RadServe, path: &str) -> (u16, Value) {

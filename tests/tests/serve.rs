@@ -38,6 +38,8 @@ fn serves_health_and_c_echo_and_stops_on_sigterm() {
     assert_ne!(server.dicom_port, 0);
     assert_ne!(server.http_port, 0);
     assert!(data.is_dir(), "the data directory is created at start");
+    // Ready once the embedded demo models are loaded and warm.
+    server.wait_ready();
 
     assert_eq!(
         get_json(&server.url("/health/live")),
@@ -83,7 +85,7 @@ fn ready_is_503_when_the_data_dir_is_unusable() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = RadServe::serve(["--data".as_ref(), data.as_os_str()]);
-    assert_eq!(get_json(&server.url("/health/ready")).0, 200);
+    server.wait_ready();
 
     // Replace the directory with a file: nothing can be stored any more (this works even
     // as root, where permission bits would not stop a write).

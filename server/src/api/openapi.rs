@@ -29,13 +29,24 @@ pub const SECURITY_SCHEME: &str = "bearer";
                        operations API. Every route except /health/* needs a bearer token; \
                        each operation's security lists the roles it accepts."
     ),
-    paths(super::audit::list, crate::metrics::serve_metrics, serve),
+    paths(
+        super::audit::list,
+        crate::metrics::serve_metrics,
+        serve,
+        super::pipeline::findings,
+        super::pipeline::process,
+        super::pipeline::cancel,
+        super::pipeline::jobs,
+        super::pipeline::models,
+        super::pipeline::infer,
+    ),
     components(schemas(super::audit::AuditPage, super::audit::AuditEntry)),
     tags(
         (name = "health", description = "Liveness and readiness probes (no token)"),
         (name = "audit", description = "Audit trail of access to patient data (admin)"),
         (name = "observability", description = "Prometheus metrics (ml, admin)"),
         (name = "meta", description = "This document"),
+        (name = "pipeline", description = "Findings, jobs, models and synchronous inference"),
     )
 )]
 struct RadserveApi;

@@ -70,7 +70,20 @@ fn check_uid(uid: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn findings(
+#[utoipa::path(
+    get,
+    path = "/api/v1/studies/{study}/findings",
+    tag = "pipeline",
+    params(
+        ("study" = String, Path, description = "StudyInstanceUID"),
+        ("include_superseded" = Option<bool>, Query, description = "Also earlier result versions"),
+    ),
+    responses(
+        (status = 200, description = "Findings (label, code, probability, measurements with UCUM units, location, model name, version and weights hash) and the study's jobs", content_type = "application/json"),
+        (status = 404, description = "No such study", content_type = "application/json"),
+    )
+)]
+pub async fn findings(
     State(state): State<AppState>,
     Path(study): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -119,7 +132,20 @@ async fn study_exists(state: &AppState, study: &str) -> Result<bool, ApiError> {
     Ok(!instances.is_empty())
 }
 
-async fn process(
+#[utoipa::path(
+    post,
+    path = "/api/v1/studies/{study}/process",
+    tag = "pipeline",
+    params(
+        ("study" = String, Path, description = "StudyInstanceUID"),
+        ("priority" = Option<String>, Query, description = "stat or routine (default)"),
+    ),
+    responses(
+        (status = 202, description = "Routed now; the queued jobs", content_type = "application/json"),
+        (status = 404, description = "No such study", content_type = "application/json"),
+    )
+)]
+pub async fn process(
     State(state): State<AppState>,
     Path(study): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -157,7 +183,14 @@ async fn process(
     ))
 }
 
-async fn cancel(
+#[utoipa::path(
+    post,
+    path = "/api/v1/studies/{study}/cancel",
+    tag = "pipeline",
+    params(("study" = String, Path, description = "StudyInstanceUID")),
+    responses((status = 200, description = "How many queued or running jobs were cancelled", content_type = "application/json"))
+)]
+pub async fn cancel(
     State(state): State<AppState>,
     Path(study): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -183,7 +216,23 @@ struct JobsQuery {
     offset: Option<u32>,
 }
 
-async fn jobs(
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "pipeline",
+    params(
+        ("state" = Option<String>, Query, description = "queued, running, done, failed or cancelled"),
+        ("study" = Option<String>, Query, description = "StudyInstanceUID"),
+        ("model" = Option<String>, Query, description = "Model name"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("offset" = Option<u32>, Query, description = "Jobs to skip"),
+    ),
+    responses(
+        (status = 200, description = "Jobs, newest first, with per-stage timings, and counts by state", content_type = "application/json"),
+        (status = 400, description = "Invalid filter", content_type = "application/json"),
+    )
+)]
+pub async fn jobs(
     State(state): State<AppState>,
     query: Result<Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -223,7 +272,13 @@ async fn jobs(
     Ok(Json(json!({ "jobs": list, "counts": counts })))
 }
 
-async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "pipeline",
+    responses((status = 200, description = "Served models: state, backend and adapter, batching, queue depth, labels, card metrics", content_type = "application/json"))
+)]
+pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
     let list: Vec<serde_json::Value> = state
         .models
         .list()
@@ -261,7 +316,24 @@ struct SeriesReference {
     series_instance_uid: String,
 }
 
-async fn infer(
+#[utoipa::path(
+    post,
+    path = "/api/v1/infer",
+    tag = "pipeline",
+    params(
+        ("model" = String, Query, description = "Model name"),
+        ("priority" = Option<String>, Query, description = "stat or routine (default)"),
+    ),
+    request_body(description = "One instance (application/dicom) or a stored series (application/json: study_instance_uid, series_instance_uid)"),
+    responses(
+        (status = 200, description = "Findings and per-stage timings (also in the Server-Timing header); nothing is stored", content_type = "application/json"),
+        (status = 415, description = "Unsupported Content-Type", content_type = "application/json"),
+        (status = 422, description = "The images do not suit the model", content_type = "application/json"),
+        (status = 429, description = "The model's queue is full (Retry-After)", content_type = "application/json"),
+        (status = 503, description = "The model is loading or failed (Retry-After)", content_type = "application/json"),
+    )
+)]
+pub async fn infer(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,

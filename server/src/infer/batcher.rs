@@ -452,10 +452,16 @@ mod queue_tests {
         let (batcher, device) = fake_device(policy(4, 64));
         let none = CancelFlag::default();
         // The first image occupies the device; the rest queue behind it.
-        let first = batcher.try_submit(images(0.0, 1), Priority::Routine, &none).unwrap();
+        let first = batcher
+            .try_submit(images(0.0, 1), Priority::Routine, &none)
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let routine = batcher.try_submit(images(100.0, 5), Priority::Routine, &none).unwrap();
-        let stat = batcher.try_submit(images(200.0, 2), Priority::Stat, &none).unwrap();
+        let routine = batcher
+            .try_submit(images(100.0, 5), Priority::Routine, &none)
+            .unwrap();
+        let stat = batcher
+            .try_submit(images(200.0, 2), Priority::Stat, &none)
+            .unwrap();
         assert_eq!(batcher.queue_depth(), 8);
         for _ in 0..4 {
             device.gate.send(Ok(())).unwrap();
@@ -483,7 +489,9 @@ mod queue_tests {
     async fn a_full_queue_refuses_at_once_and_frees_places_as_images_leave() {
         let (batcher, device) = fake_device(policy(2, 3));
         let none = CancelFlag::default();
-        let held = batcher.try_submit(images(0.0, 3), Priority::Routine, &none).unwrap();
+        let held = batcher
+            .try_submit(images(0.0, 3), Priority::Routine, &none)
+            .unwrap();
         let refused = batcher.try_submit(images(10.0, 1), Priority::Stat, &none);
         assert!(
             matches!(refused, Err(InferError::QueueFull { capacity: 3, .. })),
@@ -494,7 +502,9 @@ mod queue_tests {
         device.gate.send(Ok(())).unwrap();
         device.gate.send(Ok(())).unwrap();
         collect(held, "fake").await.unwrap();
-        let again = batcher.try_submit(images(20.0, 3), Priority::Routine, &none).unwrap();
+        let again = batcher
+            .try_submit(images(20.0, 3), Priority::Routine, &none)
+            .unwrap();
         device.gate.send(Ok(())).unwrap();
         device.gate.send(Ok(())).unwrap();
         assert_eq!(collect(again, "fake").await.unwrap().len(), 3);
@@ -504,20 +514,34 @@ mod queue_tests {
     async fn cancelled_images_are_dropped_and_a_device_failure_fails_only_its_batch() {
         let (batcher, device) = fake_device(policy(4, 16));
         let none = CancelFlag::default();
-        let first = batcher.try_submit(images(0.0, 1), Priority::Routine, &none).unwrap();
+        let first = batcher
+            .try_submit(images(0.0, 1), Priority::Routine, &none)
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let withdrawn = CancelFlag::default();
-        let cancelled = batcher.try_submit(images(50.0, 2), Priority::Routine, &withdrawn).unwrap();
+        let cancelled = batcher
+            .try_submit(images(50.0, 2), Priority::Routine, &withdrawn)
+            .unwrap();
         withdrawn.cancel();
-        let failing = batcher.try_submit(images(60.0, 1), Priority::Routine, &none).unwrap();
+        let failing = batcher
+            .try_submit(images(60.0, 1), Priority::Routine, &none)
+            .unwrap();
         device.gate.send(Ok(())).unwrap();
-        device.gate.send(Err("out of device memory".into())).unwrap();
+        device
+            .gate
+            .send(Err("out of device memory".into()))
+            .unwrap();
         collect(first, "fake").await.unwrap();
         assert_eq!(collect(cancelled, "fake").await, Err(InferError::Cancelled));
         let failed = collect(failing, "fake").await.unwrap_err();
-        assert!(failed.to_string().contains("out of device memory"), "{failed}");
+        assert!(
+            failed.to_string().contains("out of device memory"),
+            "{failed}"
+        );
         // The batcher goes on.
-        let later = batcher.try_submit(images(70.0, 1), Priority::Routine, &none).unwrap();
+        let later = batcher
+            .try_submit(images(70.0, 1), Priority::Routine, &none)
+            .unwrap();
         device.gate.send(Ok(())).unwrap();
         assert_eq!(collect(later, "fake").await.unwrap()[0].values, vec![70.0]);
     }

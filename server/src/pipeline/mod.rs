@@ -133,16 +133,18 @@ impl PipelineConfig {
         Ok(config)
     }
 
-    /// How long a study from `source` (`dimse:AE@peer`, `stow:…`) must rest.
-    pub fn stable_after(&self, source: &str) -> Duration {
+    /// How long a study from `source` (`dimse:AE@peer`, `stow:…`) must rest: the calling
+    /// AE's own setting, else `route_default` (the routes that select the study), else
+    /// `stable_after_s`.
+    pub fn stable_after(&self, source: &str, route_default: Option<Duration>) -> Duration {
         let caller = source
             .strip_prefix("dimse:")
             .and_then(|rest| rest.rsplit_once('@').map(|(ae, _)| ae.trim()));
-        let secs = caller
-            .and_then(|ae| self.stable_after_by_caller.get(ae))
-            .copied()
-            .unwrap_or(self.stable_after_s);
-        Duration::from_secs_f64(secs.max(0.0))
+        match caller.and_then(|ae| self.stable_after_by_caller.get(ae)) {
+            Some(secs) => Duration::from_secs_f64(secs.max(0.0)),
+            None => route_default
+                .unwrap_or_else(|| Duration::from_secs_f64(self.stable_after_s.max(0.0))),
+        }
     }
 
     pub fn lease(&self) -> Duration {
@@ -256,15 +258,17 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
+        let route = Some(Duration::from_secs(3));
+        let fast = config.stable_after("dimse:FAST@10.0.0.1:4000", route);
+        assert_eq!(fast, Duration::from_millis(1500));
+        let slow = config.stable_after("dimse:SLOW@10.0.0.1:4000", None);
+        assert_eq!(slow, Duration::from_secs(10));
+        let routed = config.stable_after("dimse:SLOW@10.0.0.1:4000", route);
+        assert_eq!(routed, Duration::from_secs(3));
         assert_eq!(
-            config.stable_after("dimse:FAST@10.0.0.1:4000"),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(
-            config.stable_after("dimse:SLOW@10.0.0.1:4000"),
+            config.stable_after("stow:admin", None),
             Duration::from_secs(10)
         );
-        assert_eq!(config.stable_after("stow:admin"), Duration::from_secs(10));
         assert_eq!(config.retry_delay(1), Duration::from_secs(5));
         assert_eq!(config.retry_delay(3), Duration::from_secs(20));
         for (text, needle) in [

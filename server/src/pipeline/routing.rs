@@ -53,6 +53,10 @@ pub struct RouteConfig {
     /// `stat` or `routine` (default).
     #[serde(default)]
     pub priority: Option<String>,
+    /// Seconds a study this route selects must rest before it counts as complete
+    /// (default: `[pipeline] stable_after_s`; a per-caller setting wins over both).
+    #[serde(default)]
+    pub stable_after_s: Option<f64>,
 }
 
 /// A checked route.
@@ -63,6 +67,7 @@ pub struct Route {
     series_description: Option<Regex>,
     pub models: Vec<String>,
     pub priority: Priority,
+    pub stable_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,8 +121,20 @@ impl Route {
                     .map_err(|e| invalid(format!("series_description: {e}")))?,
             ),
         };
+        let stable_after = match config.stable_after_s {
+            None => None,
+            Some(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
+                Some(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => {
+                return Err(invalid(format!(
+                    "stable_after_s = {s} is outside 0..=86400 seconds"
+                )));
+            }
+        };
         Ok(Route {
             name: config.name.unwrap_or_else(|| format!("route {index}")),
+            stable_after,
             when: config.when,
             series_description,
             models: config.models,
@@ -139,6 +156,7 @@ impl Route {
             series_description: None,
             models: vec![manifest.model.name.clone()],
             priority: Priority::Routine,
+            stable_after: None,
         }
     }
 
@@ -251,6 +269,17 @@ mod tests {
         );
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].priority, Priority::Stat);
+    }
+
+    #[test]
+    fn the_design_documents_route_is_accepted() {
+        let r = route(
+            "when = { modality = \"CT\", body_part = \"CHEST\" }\nmodels = [\"ct-lung-nodule\"]\nstable_after_s = 30",
+        )
+        .unwrap();
+        assert_eq!(r.stable_after, Some(std::time::Duration::from_secs(30)));
+        assert!(r.matches(&series("CT", "CHEST", "", 512)));
+        assert!(route("models = [\"ct-lung-nodule\"]\nstable_after_s = -2").is_err());
     }
 
     #[test]

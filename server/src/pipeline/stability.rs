@@ -46,13 +46,21 @@ pub async fn step(pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
                     .unwrap_or(Duration::ZERO)
             })
             .unwrap_or(Duration::MAX);
-        if !study.process_requested && rested < pipeline.config.stable_after(&study.last_source) {
-            continue;
-        }
         // Only the series that changed (all of them when reprocessing was asked).
         let series = jobs
             .series_of_study(&study.study_instance_uid, study.routed_instance_id)
             .await?;
+        let route_wait = pipeline
+            .routes
+            .iter()
+            .filter(|r| series.iter().any(|s| r.matches(s)))
+            .filter_map(|r| r.stable_after)
+            .max();
+        if !study.process_requested
+            && rested < pipeline.config.stable_after(&study.last_source, route_wait)
+        {
+            continue;
+        }
         let new_jobs = route_study(
             &pipeline.routes,
             &series,

@@ -733,14 +733,24 @@ mod tests {
         activity(&store, "1.1", 5).await;
         assert_eq!(store.pending_studies(10).await.unwrap().len(), 1);
         // An instance arrived after routing looked: nothing is written.
-        assert_eq!(store.create_jobs("1.1", 4, &[job("1.1.1")]).await.unwrap(), None);
-        let ids = store.create_jobs("1.1", 5, &[job("1.1.1")]).await.unwrap().unwrap();
+        assert_eq!(
+            store.create_jobs("1.1", 4, &[job("1.1.1")]).await.unwrap(),
+            None
+        );
+        let ids = store
+            .create_jobs("1.1", 5, &[job("1.1.1")])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(ids.len(), 1);
         assert!(store.pending_studies(10).await.unwrap().is_empty());
 
         let (a, b) = tokio::join!(store.claim("a", LEASE), store.claim("b", LEASE));
         let (a, b) = (a.unwrap(), b.unwrap());
-        assert!(a.is_some() != b.is_some(), "exactly one claim wins: {a:?} {b:?}");
+        assert!(
+            a.is_some() != b.is_some(),
+            "exactly one claim wins: {a:?} {b:?}"
+        );
         let (owner, claimed) = match (a, b) {
             (Some(j), None) => ("a", j),
             (None, Some(j)) => ("b", j),
@@ -749,9 +759,24 @@ mod tests {
         assert_eq!(claimed.attempts, 1);
         let other = if owner == "a" { "b" } else { "a" };
         let rows = [finding("2.25.1")];
-        assert!(!store.complete(&claimed, other, &completion(&rows)).await.unwrap());
-        assert!(store.complete(&claimed, owner, &completion(&rows)).await.unwrap());
-        assert!(!store.complete(&claimed, owner, &completion(&rows)).await.unwrap());
+        assert!(
+            !store
+                .complete(&claimed, other, &completion(&rows))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .complete(&claimed, owner, &completion(&rows))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .complete(&claimed, owner, &completion(&rows))
+                .await
+                .unwrap()
+        );
         assert_eq!(store.findings("1.1", true).await.unwrap().len(), 1);
         assert_eq!(store.job(claimed.id).await.unwrap().unwrap().state, "done");
     }
@@ -765,7 +790,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.reclaim_expired().await.unwrap(), 1);
         // The dead worker's late completion is refused.
-        assert!(!store.complete(&first, "dead", &completion(&[])).await.unwrap());
+        assert!(
+            !store
+                .complete(&first, "dead", &completion(&[]))
+                .await
+                .unwrap()
+        );
         let second = store.claim("alive", LEASE).await.unwrap().unwrap();
         assert_eq!((second.id, second.attempts), (first.id, 2));
         // The last attempt fails for good, with its reason.
@@ -785,12 +815,18 @@ mod tests {
         activity(&store, "1.3", 1).await;
         store.create_jobs("1.3", 1, &[job("1.3.1")]).await.unwrap();
         let v1 = store.claim("w", LEASE).await.unwrap().unwrap();
-        store.complete(&v1, "w", &completion(&[finding("2.25.10")])).await.unwrap();
+        store
+            .complete(&v1, "w", &completion(&[finding("2.25.10")]))
+            .await
+            .unwrap();
         activity(&store, "1.3", 2).await;
         store.create_jobs("1.3", 2, &[job("1.3.1")]).await.unwrap();
         let v2 = store.claim("w", LEASE).await.unwrap().unwrap();
         assert_eq!(v2.result_version, 2);
-        store.complete(&v2, "w", &completion(&[finding("2.25.20")])).await.unwrap();
+        store
+            .complete(&v2, "w", &completion(&[finding("2.25.20")]))
+            .await
+            .unwrap();
         let current = store.findings("1.3", false).await.unwrap();
         assert_eq!(current.len(), 1);
         assert_eq!(current[0].finding.tracking_uid, "2.25.20");
