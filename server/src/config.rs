@@ -395,8 +395,16 @@ impl FileConfig {
             path: path.to_owned(),
             reason: e.to_string().trim_end().to_owned(),
         })?;
-        if let (Some(data), Some(dir)) = (&file.data, path.parent()) {
-            file.data = Some(dir.join(data));
+        if let Some(dir) = path.parent() {
+            if let Some(data) = &file.data {
+                file.data = Some(dir.join(data));
+            }
+            // Model packages, like the data directory, are relative to the config file.
+            for model in &mut file.models {
+                if let Some(toml::Value::String(package)) = model.get_mut("package") {
+                    *package = dir.join(&*package).to_string_lossy().into_owned();
+                }
+            }
         }
         Ok(file)
     }
@@ -611,6 +619,20 @@ mod tests {
 
     fn ae(s: &str) -> AeTitle {
         AeTitle::new(s).unwrap()
+    }
+
+    #[test]
+    fn model_packages_are_relative_to_the_config_file() {
+        let file = file_of(
+            "[[models]]\npackage = \"zoo/ct\"\n[[models]]\npackage = \"/opt/m\"\n[pipeline]\nworkers = 3",
+        )
+        .unwrap();
+        assert_eq!(
+            file.models[0]["package"].as_str(),
+            Some("/etc/radserve/zoo/ct")
+        );
+        assert_eq!(file.models[1]["package"].as_str(), Some("/opt/m"));
+        assert_eq!(file.pipeline["workers"].as_integer(), Some(3));
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub const MAX_BATCH_SIZE_LIMIT: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The package directory (`model.toml` + weights). Relative paths: to the working
-    /// directory.
+    /// The package directory (`model.toml` + weights). In the config file, relative paths
+    /// are relative to the file's directory.
     pub package: PathBuf,
     #[serde(default = "default_max_batch_size")]
     pub max_batch_size: usize,
