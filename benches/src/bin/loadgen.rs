@@ -137,7 +137,14 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long a fresh server may take to load and warm its models.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Per-job stages reported by the server in `timings`, in pipeline order.
-const STAGES: [&str; 6] = ["decode", "preprocess", "queue", "compute", "postprocess", "store"];
+const STAGES: [&str; 6] = [
+    "decode",
+    "preprocess",
+    "queue",
+    "compute",
+    "postprocess",
+    "store",
+];
 
 /// One study to send.
 #[derive(Clone)]
@@ -160,6 +167,10 @@ struct Outcome {
     in_job_other_ms: f64,
     after_job_ms: f64,
     batch_sizes: Vec<f64>,
+    /// Jobs cancelled as "superseded" although no instance arrived after the ack.
+    superseded: usize,
+    /// Done jobs beyond the first for the same series and model (work done twice).
+    duplicates: usize,
 }
 
 /// One configuration's results.
@@ -177,6 +188,10 @@ struct RunResult {
     batches: BTreeMap<String, (f64, f64)>,
     /// Mean of the batch sizes the jobs report (`timings.batch_sizes`).
     job_batch_mean: Option<f64>,
+    superseded: usize,
+    duplicates: usize,
+    /// `backend (adapter)` of each model, from `/api/v1/models`.
+    devices: Vec<String>,
 }
 
 impl RunResult {
@@ -207,7 +222,9 @@ fn run() -> anyhow::Result<()> {
         .context("cannot build or locate the radserve binary")?;
     eprintln!("loadgen: server binary {}", bin.display());
 
-    let work = tempfile::Builder::new().prefix("radserve-loadgen-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("radserve-loadgen-")
+        .tempdir()?;
     let work_path = if args.keep {
         let kept = work.keep();
         eprintln!("loadgen: keeping {}", kept.display());
@@ -239,7 +256,12 @@ fn run() -> anyhow::Result<()> {
 
 /// Runs `f`, turning a panic (the e2e harness panics on failure) into an error.
 fn catch<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+    // The message becomes the error; the default hook would print it a second time.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|panic| {
         let message = panic
             .downcast_ref::<String>()
             .cloned()
@@ -288,7 +310,11 @@ fn make_studies(args: &Args, dir: &Path) -> anyhow::Result<Vec<Study>> {
             files,
             ct: record.modality == Modality::Ct,
         };
-        if study.ct { cts.push(study) } else { xrays.push(study) }
+        if study.ct {
+            cts.push(study)
+        } else {
+            xrays.push(study)
+        }
     }
     let (mut cts, mut xrays) = (cts.into_iter(), xrays.into_iter());
     (0..total)
@@ -367,6 +393,8 @@ fn measure(
     };
     let result = (|| {
         wait_ready(&client)?;
+        let devices = models(&client)?;
+        eprintln!("loadgen: [{name}] models: {}", devices.join("; "));
         let (warmup, measured) = studies.split_at(args.warmup.min(studies.len()));
         if !warmup.is_empty() {
             eprintln!("loadgen: [{name}] warm-up: {} studies ...", warmup.len());
@@ -382,7 +410,9 @@ fn measure(
         let outcomes = drive(&client, measured, args.concurrency, name)?;
         let wall_s = started.elapsed().as_secs_f64();
         let after = batch_metrics(&client)?;
-        Ok::<_, anyhow::Error>(summarise(batching, wall_s, outcomes, &before, &after))
+        Ok::<_, anyhow::Error>(summarise(
+            batching, devices, wall_s, outcomes, &before, &after,
+        ))
     })();
     match result {
         Ok(result) => Ok(result),
@@ -390,10 +420,11 @@ fn measure(
             let log = server.stderr();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            Err(e.context(format!(
-                "[{name}] run failed; last lines of the server's log:\n{}",
+            eprintln!(
+                "loadgen: [{name}] last lines of the server's log:\n{}",
                 tail.join("\n")
-            )))
+            );
+            Err(e.context(format!("[{name}] run failed")))
         }
     }
 }
@@ -432,7 +463,7 @@ fn drive(
     std::thread::scope(|scope| {
         for _ in 0..concurrency.min(studies.len()) {
             scope.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
+                while !failed.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(study) = studies.get(i) else { break };
                     match one_study(client, study, &failed) {
@@ -445,8 +476,10 @@ fn drive(
                             }
                         }
                         Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
+                            // The error first, so that it comes before the "stopped" of the
+                            // other threads.
                             lock(&errors).push(e.context(format!("study {}", study.uid)));
+                            failed.store(true, Ordering::SeqCst);
                         }
                     }
                 }
@@ -486,7 +519,7 @@ fn one_study(client: &Client, study: &Study, failed: &AtomicBool) -> anyhow::Res
     }
     let url = format!("{}/api/v1/studies/{}/findings", client.base, study.uid);
     loop {
-        if failed.load(Ordering::Relaxed) {
+        if failed.load(Ordering::SeqCst) {
             bail!("stopped: another study failed");
         }
         let mut response = client
@@ -506,7 +539,17 @@ fn one_study(client: &Client, study: &Study, failed: &AtomicBool) -> anyhow::Res
         let jobs = value["jobs"]
             .as_array()
             .ok_or_else(|| anyhow!("GET {url}: no `jobs` array in {body}"))?;
-        for job in jobs {
+        // A queued job cancelled as superseded by a newer job of the same series and model
+        // is not a failure: the newer job carries the study.
+        let superseded = |job: &Value| {
+            job["state"] == "cancelled"
+                && job["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("superseded"))
+        };
+        let jobs: Vec<Value> = jobs.iter().filter(|j| !superseded(j)).cloned().collect();
+        let superseded = value["jobs"].as_array().map_or(0, |all| all.len()) - jobs.len();
+        for job in &jobs {
             let state = job["state"].as_str().unwrap_or("?");
             if state == "failed" || state == "cancelled" {
                 bail!(
@@ -520,13 +563,15 @@ fn one_study(client: &Client, study: &Study, failed: &AtomicBool) -> anyhow::Res
         if !jobs.is_empty() && jobs.iter().all(|j| j["state"] == "done") {
             let latency = acked.elapsed();
             let seen_wall = SystemTime::now();
-            return outcome(jobs, latency, acked_wall, seen_wall);
+            let mut outcome = outcome(&jobs, latency, acked_wall, seen_wall)?;
+            outcome.superseded = superseded;
+            return Ok(outcome);
         }
         if acked.elapsed() > client.timeout {
             bail!(
                 "no findings {:?} after the last instance was acknowledged; jobs: {}",
                 client.timeout,
-                Value::Array(jobs.clone())
+                Value::Array(jobs)
             );
         }
         std::thread::sleep(POLL);
@@ -544,8 +589,18 @@ fn outcome(
     let mut job_stages = Vec::new();
     let mut batch_sizes = Vec::new();
     // The job that finished last decides when the findings were available.
-    let mut last: Option<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, f64)> = None;
+    // (created, started, finished, sum of the stages)
+    type JobSpan = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, f64);
+    let mut last: Option<JobSpan> = None;
+    let mut seen_pairs = std::collections::BTreeSet::new();
+    let mut duplicates = 0;
     for job in jobs {
+        if !seen_pairs.insert((
+            job["series_instance_uid"].to_string(),
+            job["model"].to_string(),
+        )) {
+            duplicates += 1;
+        }
         let timings = &job["timings"];
         let mut stages = [0.0; 6];
         for (slot, stage) in stages.iter_mut().zip(STAGES) {
@@ -577,6 +632,8 @@ fn outcome(
         in_job_other_ms: ms(finished - started) - stage_sum,
         after_job_ms: ms(seen - finished),
         batch_sizes,
+        superseded: 0,
+        duplicates,
     })
 }
 
@@ -587,6 +644,37 @@ fn timestamp(value: &Value) -> anyhow::Result<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(text)
         .with_context(|| format!("job timestamp {text:?}"))?
         .with_timezone(&Utc))
+}
+
+/// `name: backend (adapter), max batch N` of each loaded model, from `/api/v1/models`.
+fn models(client: &Client) -> anyhow::Result<Vec<String>> {
+    let url = format!("{}/api/v1/models", client.base);
+    let mut response = client
+        .agent
+        .get(&url)
+        .header("Authorization", format!("Bearer {}", client.token))
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string()?;
+    ensure!(status == 200, "GET {url} answered {status}: {text}");
+    let value: Value = serde_json::from_str(&text).context("/api/v1/models is not JSON")?;
+    let models = value["models"]
+        .as_array()
+        .ok_or_else(|| anyhow!("/api/v1/models without `models`: {text}"))?;
+    Ok(models
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {} ({}), max batch {}, batch sizes {}",
+                m["name"].as_str().unwrap_or("?"),
+                m["backend"].as_str().unwrap_or("?"),
+                m["adapter"].as_str().unwrap_or("?"),
+                m["max_batch_size"],
+                m["batch_sizes"]
+            )
+        })
+        .collect())
 }
 
 /// dcmtk storescu, one association for the whole study; fails on a non-zero exit.
@@ -710,6 +798,7 @@ fn label(labels: &str, key: &str) -> Option<String> {
 
 fn summarise(
     batching: Batching,
+    devices: Vec<String>,
     wall_s: f64,
     outcomes: Vec<Outcome>,
     before: &BTreeMap<String, (f64, f64)>,
@@ -717,7 +806,11 @@ fn summarise(
 ) -> RunResult {
     let mut stage_medians_ms = [0.0; 6];
     for (i, slot) in stage_medians_ms.iter_mut().enumerate() {
-        *slot = median(outcomes.iter().flat_map(|o| o.job_stages.iter().map(move |s| s[i])));
+        *slot = median(
+            outcomes
+                .iter()
+                .flat_map(|o| o.job_stages.iter().map(move |s| s[i])),
+        );
     }
     let batches = after
         .iter()
@@ -743,6 +836,9 @@ fn summarise(
         after_job_ms: median(outcomes.iter().map(|o| o.after_job_ms)),
         batches,
         job_batch_mean: (!sizes.is_empty()).then(|| sizes.iter().sum::<f64>() / sizes.len() as f64),
+        superseded: outcomes.iter().map(|o| o.superseded).sum(),
+        duplicates: outcomes.iter().map(|o| o.duplicates).sum(),
+        devices,
     }
 }
 
@@ -825,7 +921,10 @@ fn report(args: &Args, results: &[RunResult]) -> String {
         out,
         "| batching | ack→job created | wait for worker | decode | preprocess | queue | compute | postprocess | store | other in job | job done→seen |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in results {
         let s = &r.stage_medians_ms;
         let _ = writeln!(
@@ -842,6 +941,18 @@ fn report(args: &Args, results: &[RunResult]) -> String {
             s[5],
             r.in_job_other_ms,
             r.after_job_ms
+        );
+    }
+    let _ = writeln!(out);
+    for r in results {
+        let _ = writeln!(
+            out,
+            "batching {}: mean of the jobs' own batch_sizes {}; {} job(s) cancelled as superseded with no new instance, {} job(s) run twice for the same series and model; models: {}",
+            r.batching.label(),
+            r.job_batch_mean.map_or("—".into(), |m| format!("{m:.2}")),
+            r.superseded,
+            r.duplicates,
+            r.devices.join("; ")
         );
     }
     if let [on, off] = results {
@@ -892,6 +1003,9 @@ fn to_json(args: &Args, results: &[RunResult]) -> Value {
                 "median_job_done_to_seen_ms": r.after_job_ms,
                 "batches_from_metrics": batches,
                 "mean_job_batch_size": r.job_batch_mean,
+                "superseded_jobs": r.superseded,
+                "duplicate_jobs": r.duplicates,
+                "models": r.devices,
             })
         })
         .collect();

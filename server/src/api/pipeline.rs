@@ -208,7 +208,7 @@ pub async fn cancel(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobsQuery {
+pub struct JobsQuery {
     state: Option<String>,
     study: Option<String>,
     model: Option<String>,
@@ -311,7 +311,7 @@ pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SeriesReference {
+pub struct SeriesReference {
     study_instance_uid: String,
     series_instance_uid: String,
 }

@@ -1,5 +1,6 @@
-//! The dynamic batcher of one model: a task that alone owns the queue, fed over a channel,
-//! and a device thread that alone owns the model.
+//! The dynamic batcher of one model: a task that alone owns the queue, fed over a channel;
+//! its batches go to the device worker (see [`super::device`]), which alone owns the device
+//! and every model on it.
 //!
 //! A batch closes when it holds `max_batch_size` images or when the first image waiting
 //! has waited `max_queue_delay`, whichever comes first; its size is the largest size the
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::device::{DeviceBatch, DeviceOutput};
+use super::device::{DeviceBatch, DeviceOutput, DeviceQueue};
 use crate::metrics;
 use crate::store::Priority;
 
@@ -121,11 +122,7 @@ type Replies = Vec<oneshot::Receiver<Result<ImageOutput, InferError>>>;
 
 impl Batcher {
     /// Starts the batching task; `device` runs the batches (see [`super::device`]).
-    pub fn start(
-        model: &str,
-        policy: BatchPolicy,
-        device: std::sync::mpsc::SyncSender<DeviceBatch>,
-    ) -> Batcher {
+    pub fn start(model: &str, policy: BatchPolicy, device: DeviceQueue) -> Batcher {
         let (queue, incoming) = mpsc::unbounded_channel();
         let batcher = Batcher {
             model: model.into(),
@@ -263,7 +260,7 @@ async fn run_batches(
     model: Arc<str>,
     policy: Arc<BatchPolicy>,
     mut incoming: mpsc::UnboundedReceiver<Pending>,
-    device: std::sync::mpsc::SyncSender<DeviceBatch>,
+    device: DeviceQueue,
 ) {
     let mut stat: VecDeque<Pending> = VecDeque::new();
     let mut routine: VecDeque<Pending> = VecDeque::new();
@@ -328,11 +325,7 @@ async fn run_batches(
 }
 
 /// Runs one batch on the device thread and answers each image.
-async fn run_batch(
-    model: &str,
-    batch: Vec<Pending>,
-    device: &std::sync::mpsc::SyncSender<DeviceBatch>,
-) {
+async fn run_batch(model: &str, batch: Vec<Pending>, device: &DeviceQueue) {
     let started = Instant::now();
     let size = batch.len();
     let image_len = batch.first().map_or(0, |p| p.pixels.len());
@@ -341,11 +334,14 @@ async fn run_batch(
         pixels.extend_from_slice(&p.pixels);
     }
     let (done, outcome) = oneshot::channel();
-    let sent = device.send(DeviceBatch {
-        pixels,
-        images: size,
-        done,
-    });
+    let sent = device
+        .send(DeviceBatch {
+            model: model.to_owned(),
+            pixels,
+            images: size,
+            done,
+        })
+        .await;
     let result = match sent {
         Ok(()) => outcome.await.unwrap_or_else(|_| {
             Err("the device thread stopped while running the batch".to_owned())
@@ -413,12 +409,12 @@ mod queue_tests {
     }
 
     fn fake_device(policy: BatchPolicy) -> (Batcher, FakeDevice) {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<DeviceBatch>(1);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<DeviceBatch>(1);
         let (gate, gate_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let batches = Arc::new(Mutex::new(Vec::new()));
         let seen = batches.clone();
         std::thread::spawn(move || {
-            while let Ok(batch) = receiver.recv() {
+            while let Some(batch) = receiver.blocking_recv() {
                 let outcome = gate_rx.recv().unwrap_or(Err("gate closed".into()));
                 let firsts: Vec<f32> = batch.pixels.chunks(2).map(|c| c[0]).collect();
                 seen.lock().unwrap().push(firsts.clone());

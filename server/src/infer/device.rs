@@ -1,20 +1,26 @@
-//! The device thread of one model: it alone owns the loaded network and its burn device,
-//! and runs one batch at a time. A panic inside burn fails that batch only; the thread
+//! The device worker: one thread that alone owns the burn device and every model on it. It
+//! loads and warms the models one after another, then runs batches, one at a time, in the
+//! order the batchers hand them over. A panic inside burn fails that batch only; the worker
 //! goes on with the next.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use burn::tensor::TensorData;
 use radserve_models::model::{LoadedModel, Prediction};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-/// A batch to run: `images` preprocessed images, concatenated.
+/// A batch to run: `images` preprocessed images of `model`, concatenated.
 pub struct DeviceBatch {
+    pub model: String,
     pub pixels: Vec<f32>,
     pub images: usize,
     pub done: oneshot::Sender<Result<DeviceOutput, String>>,
 }
+
+/// Where batchers hand batches to the device worker.
+pub type DeviceQueue = mpsc::Sender<DeviceBatch>;
 
 /// The network's outputs for a batch, image after image.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,32 +29,62 @@ pub struct DeviceOutput {
     pub compute: Duration,
 }
 
-/// Batches waiting for the device beyond the one running (the batcher waits for each).
-const DEVICE_QUEUE: usize = 1;
+/// Loads and warms a model on the worker's device.
+pub type LoadModel = Box<dyn FnOnce() -> Result<LoadedModel, String> + Send>;
+/// Told how loading went (to make the model's batcher, or record the failure).
+pub type OnLoaded = Box<dyn FnOnce(Result<(), String>, &DeviceQueue) + Send>;
 
-/// Starts the thread; batches sent to the returned channel run in order.
-pub fn start(model: LoadedModel) -> std::io::Result<std::sync::mpsc::SyncSender<DeviceBatch>> {
-    let (sender, batches) = std::sync::mpsc::sync_channel::<DeviceBatch>(DEVICE_QUEUE);
-    let name = format!("device-{}", model.name());
-    std::thread::Builder::new().name(name).spawn(move || {
-        while let Ok(batch) = batches.recv() {
-            let started = Instant::now();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(&model, &batch)))
-                .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_else(|| "the backend panicked".to_owned());
-                    Err(format!("the backend panicked: {message}"))
+/// A model to load on the worker.
+pub struct LoadJob {
+    pub name: String,
+    pub load: LoadModel,
+    pub loaded: OnLoaded,
+}
+
+/// Starts the worker: it loads `jobs` in order, then serves batches until every sender is
+/// gone.
+pub fn start(jobs: Vec<LoadJob>) -> std::io::Result<()> {
+    // Each batcher waits for its batch before sending the next: one slot per model is enough.
+    let (queue, mut batches) = mpsc::channel::<DeviceBatch>(jobs.len().max(1));
+    std::thread::Builder::new()
+        .name("device".into())
+        .spawn(move || {
+            let mut models: HashMap<String, LoadedModel> = HashMap::new();
+            for job in jobs {
+                let outcome = (job.load)().map(|model| {
+                    models.insert(job.name.clone(), model);
                 });
-            let _ = batch.done.send(outcome.map(|values| DeviceOutput {
-                values,
-                compute: started.elapsed(),
-            }));
-        }
-    })?;
-    Ok(sender)
+                (job.loaded)(outcome, &queue);
+            }
+            drop(queue);
+            while let Some(batch) = batches.blocking_recv() {
+                let started = Instant::now();
+                let outcome = match models.get(&batch.model) {
+                    Some(model) => {
+                        std::panic::catch_unwind(AssertUnwindSafe(|| run(model, &batch)))
+                            .unwrap_or_else(|panic| {
+                                let message = panic
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| {
+                                        panic.downcast_ref::<&str>().map(|s| (*s).to_owned())
+                                    })
+                                    .unwrap_or_else(|| "unknown panic".to_owned());
+                                Err(format!("the backend panicked: {message}"))
+                            })
+                    }
+                    None => Err(format!(
+                        "model `{}` is not loaded on this device",
+                        batch.model
+                    )),
+                };
+                let _ = batch.done.send(outcome.map(|values| DeviceOutput {
+                    values,
+                    compute: started.elapsed(),
+                }));
+            }
+        })?;
+    Ok(())
 }
 
 fn run(model: &LoadedModel, batch: &DeviceBatch) -> Result<Vec<f32>, String> {

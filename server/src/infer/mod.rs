@@ -1,8 +1,9 @@
-//! `infer`: the loaded models, each behind its own dynamic batcher and device thread.
+//! `infer`: the loaded models, each behind its own dynamic batcher, all run by one device
+//! worker.
 //!
 //! - [`batcher`]: the queue of one model (max batch size, max queue delay, priorities,
 //!   cancellation, a bound that turns overload into 429);
-//! - [`device`]: the thread that owns the model on its burn device;
+//! - [`device`]: the worker thread that owns the burn device and every model on it;
 //! - [`demo`]: the demo model packages embedded in the binary, loaded when the config
 //!   names no models.
 //!
@@ -203,57 +204,64 @@ impl Models {
             reason = %selected.reason,
             "inference device selected"
         );
-        let loading = models.clone();
         let handle = tokio::runtime::Handle::current();
-        // Loading and warming are long and blocking (kernel compilation, autotuning).
-        std::thread::Builder::new()
-            .name("model-loader".into())
-            .spawn(move || {
-                for (package, config) in packages {
-                    loading.load_one(&handle, package, &config, &selected);
-                }
-            })
-            .map_err(|reason| ModelsError::Demo {
-                path: PathBuf::from("model-loader thread"),
-                reason,
-            })?;
+        let jobs = packages
+            .into_iter()
+            .map(|(package, config)| models.load_job(&handle, package, &config, &selected))
+            .collect();
+        // Loading and warming are long and blocking (kernel compilation, autotuning): the
+        // device worker does them before it serves batches.
+        device::start(jobs).map_err(|reason| ModelsError::Demo {
+            path: PathBuf::from("device worker thread"),
+            reason,
+        })?;
         Ok(models)
     }
 
-    fn load_one(
+    /// How the device worker loads one model and what becomes of the outcome.
+    fn load_job(
         &self,
         handle: &tokio::runtime::Handle,
         package: ModelPackage,
         config: &ModelConfig,
         selected: &SelectedDevice,
-    ) {
+    ) -> device::LoadJob {
         let name = package.manifest.model.name.clone();
         let policy = config.policy();
+        let warm_sizes = policy.batch_sizes.clone();
+        let torch_device = selected.device.clone();
+        let (backend, adapter) = (selected.backend.to_owned(), selected.adapter.clone());
+        let (slots, handle, model_name) = (self.clone(), handle.clone(), name.clone());
         let started = std::time::Instant::now();
-        let outcome = LoadedModel::load(package, &selected.device, &policy.batch_sizes)
-            .map_err(|e| e.to_string())
-            .and_then(|model| device::start(model).map_err(|e| e.to_string()));
-        let mut slots = self.write();
-        let Some(slot) = slots.get_mut(&name) else {
-            return;
-        };
-        slot.backend = selected.backend.to_owned();
-        slot.adapter = selected.adapter.clone();
-        match outcome {
-            Ok(device) => {
-                let _entered = handle.enter();
-                slot.batcher = Some(Batcher::start(&name, policy, device));
-                slot.state = ModelState::Ready;
-                tracing::info!(
-                    model = %name,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "model loaded and warmed"
-                );
-            }
-            Err(reason) => {
-                tracing::error!(model = %name, %reason, "model failed to load");
-                slot.state = ModelState::Failed(reason);
-            }
+        device::LoadJob {
+            name,
+            load: Box::new(move || {
+                LoadedModel::load(package, &torch_device, &warm_sizes).map_err(|e| e.to_string())
+            }),
+            loaded: Box::new(move |outcome, queue| {
+                let mut all = slots.write();
+                let Some(slot) = all.get_mut(&model_name) else {
+                    return;
+                };
+                slot.backend = backend;
+                slot.adapter = adapter;
+                match outcome {
+                    Ok(()) => {
+                        let _entered = handle.enter();
+                        slot.batcher = Some(Batcher::start(&model_name, policy, queue.clone()));
+                        slot.state = ModelState::Ready;
+                        tracing::info!(
+                            model = %model_name,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "model loaded and warmed"
+                        );
+                    }
+                    Err(reason) => {
+                        tracing::error!(model = %model_name, %reason, "model failed to load");
+                        slot.state = ModelState::Failed(reason);
+                    }
+                }
+            }),
         }
     }
 

@@ -187,6 +187,8 @@ pub struct Pipeline {
     pub jobs_created: Arc<tokio::sync::Notify>,
     /// Identifies this process's job leases.
     pub owner: Arc<str>,
+    /// One routing pass at a time (the timer and `POST …/process` both route).
+    pub routing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -234,6 +236,7 @@ impl Pipeline {
             routes: Arc::new(routes),
             jobs_created: Arc::new(tokio::sync::Notify::new()),
             owner: owner.into(),
+            routing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 

@@ -28,6 +28,7 @@ pub async fn run(pipeline: Pipeline, mut shutdown: Shutdown) {
 
 /// One look at the pending studies, the leases and the gauges.
 pub async fn step(pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
+    let _one_pass = pipeline.routing.lock().await;
     let jobs = pipeline.archive.jobs();
     let reclaimed = jobs.reclaim_expired().await?;
     if reclaimed > 0 {

@@ -307,7 +307,7 @@ impl JobStore {
     /// jobs (each the next result version of its series and model; older queued jobs of
     /// the same series and model are cancelled as superseded) and marks the study routed.
     /// Returns `None`, writing nothing, when an instance arrived meanwhile (the study is
-    /// then routed again once stable).
+    /// then routed again once stable) or when another routing pass got there first.
     pub async fn create_jobs(
         &self,
         study_instance_uid: &str,
@@ -317,7 +317,7 @@ impl JobStore {
         let mut tx = self.pool.begin().await?;
         let marked = sqlx::query(
             "UPDATE study_activity SET routed_instance_id = last_instance_id, process_requested = 0 \
-             WHERE study_instance_uid = ? AND last_instance_id = ?",
+             WHERE study_instance_uid = ? AND last_instance_id = ? AND routed_instance_id < last_instance_id",
         )
         .bind(study_instance_uid)
         .bind(through)
