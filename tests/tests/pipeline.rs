@@ -656,3 +656,93 @@ fn concurrent_single_image_requests_share_device_launches() {
     let (status, _) = get(&server, "/api/v1/models");
     assert_eq!(status, 200);
 }
+
+/// dcmtk's `storescp` as the hospital PACS, killed on drop.
+struct Pacs {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Pacs {
+    fn start(dir: &Path) -> Pacs {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(dir).unwrap();
+        let child = std::process::Command::new("storescp")
+            .env("TCP_NODELAY", "1")
+            .args(["-aet", "PACS", "+xa", "-od"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("storescp (dcmtk) must be installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pacs {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn results_are_forwarded_to_the_configured_pacs() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("generated");
+    generate_samples(
+        &generated,
+        &[
+            "--seed",
+            "9",
+            "--ct",
+            "0",
+            "--xray",
+            "1",
+            "--xray-size",
+            "256",
+        ],
+    );
+    let pacs = Pacs::start(&dir.path().join("pacs"));
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[pipeline.forward]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            pacs.port
+        ),
+    );
+    let server = serve(&dir.path().join("data"), &config);
+    storescu(&server, &generated.join("studies"));
+    let (_, truth) = studies(&generated).remove(0);
+    let study = truth["study_instance_uid"].as_str().unwrap();
+    let result = wait_for_jobs(&server, study);
+    let job = &result["jobs"][0];
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["timings"]["forward"], "sent 1 to PACS", "{job}");
+    let sr_uid = job["sr_sop_instance_uid"].as_str().unwrap();
+    // storescp names files after the SOP class and instance, without an extension.
+    let received = std::fs::read_dir(&pacs.dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap_or_default())
+        .any(|bytes| find(&bytes, sr_uid.as_bytes()));
+    assert!(received, "the PACS holds the SR {sr_uid}");
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

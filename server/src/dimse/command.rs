@@ -56,10 +56,20 @@ pub mod status {
     pub fn is_final(status: u16) -> bool {
         status != PENDING && status != 0xFF01
     }
+
+    /// Whether `status` is a warning (PS3.7 C.4: 0001 or Bxxx): the operation was done.
+    pub fn is_warning(status: u16) -> bool {
+        status == 0x0001 || (0xB000..=0xBFFF).contains(&status)
+    }
 }
 
 /// CommandDataSetType (0000,0800) value meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
+/// CommandDataSetType value we send when a data set follows (any other value than
+/// [`NO_DATA_SET`] means that; 0x0000 is customary).
+pub const DATA_SET_FOLLOWS: u16 = 0x0000;
+/// Priority (0000,0700) MEDIUM.
+pub const PRIORITY_MEDIUM: u16 = 0x0000;
 
 /// The parts of a received command set that we act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,26 +102,18 @@ pub enum CommandError {
 impl Command {
     /// Parses a complete command set (all command fragments joined).
     pub fn parse(bytes: &[u8]) -> Result<Command, CommandError> {
-        let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
-            .map_err(|e| CommandError::Malformed(e.to_string()))?;
-        let uint16 = |tag: Tag| obj.element(tag).ok().and_then(|e| e.to_int::<u16>().ok());
-        let field = uint16(tags::COMMAND_FIELD).ok_or(CommandError::Missing("Command Field"))?;
-        let data_set_type = uint16(tags::COMMAND_DATA_SET_TYPE)
+        let obj = read_command(bytes)?;
+        let field =
+            uint16(&obj, tags::COMMAND_FIELD).ok_or(CommandError::Missing("Command Field"))?;
+        let data_set_type = uint16(&obj, tags::COMMAND_DATA_SET_TYPE)
             .ok_or(CommandError::Missing("Command Data Set Type"))?;
-        let uid = |tag: Tag| {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|uid| uid.trim_end_matches(['\0', ' ']).to_owned())
-        };
         Ok(Command {
             field,
-            message_id: uint16(tags::MESSAGE_ID),
-            affected_sop_class_uid: uid(tags::AFFECTED_SOP_CLASS_UID),
+            message_id: uint16(&obj, tags::MESSAGE_ID),
+            affected_sop_class_uid: uid(&obj, tags::AFFECTED_SOP_CLASS_UID),
             has_data_set: data_set_type != NO_DATA_SET,
-            affected_sop_instance_uid: uid(tags::AFFECTED_SOP_INSTANCE_UID),
-            message_id_being_responded_to: uint16(tags::MESSAGE_ID_BEING_RESPONDED_TO),
+            affected_sop_instance_uid: uid(&obj, tags::AFFECTED_SOP_INSTANCE_UID),
+            message_id_being_responded_to: uint16(&obj, tags::MESSAGE_ID_BEING_RESPONDED_TO),
         })
     }
 
@@ -217,12 +219,117 @@ impl Response {
                 PrimitiveValue::from(text),
             ));
         }
-        let mut bytes = Vec::with_capacity(160);
-        InMemDicomObject::command_from_element_iter(elements)
-            .write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-            .map_err(|e| CommandError::Encode(e.to_string()))?;
-        Ok(bytes)
+        write_command(elements)
     }
+}
+
+/// Encodes a C-STORE-RQ (PS3.7 §9.3.1.1) for the data set that follows it, at medium
+/// priority (used by [`crate::results::forward`], our C-STORE SCU).
+pub(crate) fn encode_store_request(
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+) -> Result<Vec<u8>, CommandError> {
+    write_command(vec![
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(pad_uid(sop_class_uid)),
+        ),
+        DataElement::new(
+            tags::COMMAND_FIELD,
+            VR::US,
+            PrimitiveValue::from(field::C_STORE_RQ),
+        ),
+        DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(message_id)),
+        DataElement::new(
+            tags::PRIORITY,
+            VR::US,
+            PrimitiveValue::from(PRIORITY_MEDIUM),
+        ),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(DATA_SET_FOLLOWS),
+        ),
+        DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(pad_uid(sop_instance_uid)),
+        ),
+    ])
+}
+
+/// The parts of a C-STORE-RSP (PS3.7 §9.3.1.2) that a C-STORE SCU acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoreResponse {
+    /// Message ID Being Responded To (0000,0120).
+    pub message_id_being_responded_to: u16,
+    /// Status (0000,0900).
+    pub status: u16,
+    /// Affected SOP Instance UID (0000,1000), without padding, when present.
+    pub affected_sop_instance_uid: Option<String>,
+    /// ErrorComment (0000,0902), trimmed, when present.
+    pub error_comment: Option<String>,
+}
+
+impl StoreResponse {
+    /// Parses a complete command set that must be a C-STORE-RSP without a data set.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<StoreResponse, CommandError> {
+        let obj = read_command(bytes)?;
+        let command_field =
+            uint16(&obj, tags::COMMAND_FIELD).ok_or(CommandError::Missing("Command Field"))?;
+        if command_field != field::C_STORE_RSP {
+            return Err(CommandError::Malformed(format!(
+                "expected a C-STORE-RSP, got command field {command_field:#06x}"
+            )));
+        }
+        if uint16(&obj, tags::COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET) {
+            return Err(CommandError::Malformed(
+                "C-STORE-RSP announces a data set".to_owned(),
+            ));
+        }
+        Ok(StoreResponse {
+            message_id_being_responded_to: uint16(&obj, tags::MESSAGE_ID_BEING_RESPONDED_TO)
+                .ok_or(CommandError::Missing("Message ID Being Responded To"))?,
+            status: uint16(&obj, tags::STATUS).ok_or(CommandError::Missing("Status"))?,
+            affected_sop_instance_uid: uid(&obj, tags::AFFECTED_SOP_INSTANCE_UID),
+            error_comment: obj
+                .element(tags::ERROR_COMMENT)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|text| text.trim_end_matches(['\0', ' ']).to_owned()),
+        })
+    }
+}
+
+/// Reads a command set: implicit VR little endian, whatever the presentation context.
+fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, CommandError> {
+    let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    InMemDicomObject::read_dataset_with_ts(bytes, &ts)
+        .map_err(|e| CommandError::Malformed(e.to_string()))
+}
+
+/// An unsigned short command element, when present and valid.
+fn uint16(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
+    obj.element(tag).ok().and_then(|e| e.to_int::<u16>().ok())
+}
+
+/// A UID command element without its padding, when present.
+fn uid(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|uid| uid.trim_end_matches(['\0', ' ']).to_owned())
+}
+
+/// Writes `elements` as a command set, CommandGroupLength first.
+fn write_command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, CommandError> {
+    let mut bytes = Vec::with_capacity(160);
+    InMemDicomObject::command_from_element_iter(elements)
+        .write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|e| CommandError::Encode(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// UIDs are padded to even length with one NUL (PS3.5 §9.1).

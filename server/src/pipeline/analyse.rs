@@ -60,6 +60,9 @@ pub struct Timings {
     pub store_ms: f64,
     /// Batches the images ran in, and their sizes.
     pub batch_sizes: Vec<usize>,
+    /// Forwarding of the results to the configured PACS: `sent N` or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<String>,
 }
 
 fn ms(d: Duration) -> f64 {

@@ -52,6 +52,8 @@ pub struct PipelineConfig {
     pub retry_backoff_s: f64,
     /// Most instances of one series a job reads.
     pub max_instances_per_series: usize,
+    /// `[pipeline.forward]`: a PACS node every SR and SEG is sent to by C-STORE.
+    pub forward: Option<crate::results::forward::ForwardNode>,
 }
 
 impl Default for PipelineConfig {
@@ -66,6 +68,7 @@ impl Default for PipelineConfig {
             max_attempts: 3,
             retry_backoff_s: 5.0,
             max_instances_per_series: 2000,
+            forward: None,
         }
     }
 }
@@ -129,6 +132,10 @@ impl PipelineConfig {
                 "max_instances_per_series = {} is outside 1..=100000",
                 config.max_instances_per_series
             )));
+        }
+        if let Some(node) = &config.forward {
+            node.check()
+                .map_err(|e| PipelineError::Config(format!("forward: {e}")))?;
         }
         Ok(config)
     }

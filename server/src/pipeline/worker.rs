@@ -8,6 +8,7 @@ use super::analyse::{Admission, Analysis, AnalysisError, analyse};
 use super::decode::{DecodedImage, decode_instance};
 use crate::infer::{CancelFlag, ModelState, ServedModel};
 use crate::metrics;
+use crate::results::forward::forward;
 use crate::results::seg::{Segment, SegmentFrame, build_seg};
 use crate::results::sr::{SegReference, build_sr};
 use crate::results::{AlgorithmInfo, NewInstance, SourceImage};
@@ -160,9 +161,21 @@ async fn run_job(
     analysis.timings.decode_ms = decode_time.as_secs_f64() * 1e3;
 
     let started = Instant::now();
-    let (sr_uid, seg_uid) = store_results(pipeline, job, &model, &images, &analysis).await?;
+    let stored = store_results(pipeline, job, &model, &images, &analysis).await?;
     analysis.timings.store_ms = started.elapsed().as_secs_f64() * 1e3;
     metrics::record_stage(&job.model, "store", started.elapsed());
+    if let Some(node) = &pipeline.config.forward {
+        // The results are safe in the archive; a PACS that is down does not fail the job,
+        // the outcome is kept with its timings.
+        analysis.timings.forward = Some(match forward(node, &stored.objects).await {
+            Ok(report) => format!("sent {} to {}", report.sent, node.ae_title),
+            Err(e) => {
+                tracing::warn!(job = job.id, error = %e, "forwarding results failed");
+                format!("failed: {e}")
+            }
+        });
+    }
+    let (sr_uid, seg_uid) = (stored.sr_uid, stored.seg_uid);
 
     let rows: Vec<FindingRow> = analysis
         .findings
@@ -257,6 +270,14 @@ pub async fn read_series(
     Ok(images)
 }
 
+/// The result objects of a job, as stored.
+struct StoredResults {
+    sr_uid: Option<String>,
+    seg_uid: Option<String>,
+    /// Part 10 bytes: the SEG (if any), then the SR.
+    objects: Vec<Vec<u8>>,
+}
+
 /// Writes the SR (and for segmentations the SEG) and stores them in the archive.
 async fn store_results(
     pipeline: &Pipeline,
@@ -264,7 +285,7 @@ async fn store_results(
     model: &ServedModel,
     images: &Arc<Vec<DecodedImage>>,
     analysis: &Analysis,
-) -> Result<(Option<String>, Option<String>), AnalysisError> {
+) -> Result<StoredResults, AnalysisError> {
     let manifest = &model.manifest;
     let algorithm = AlgorithmInfo {
         name: manifest.model.name.clone(),
@@ -371,14 +392,18 @@ async fn store_results(
     .map_err(|e| AnalysisError::Transient(format!("SR task: {e}")))?
     .map_err(unsuitable)?;
 
+    let mut objects = Vec::with_capacity(2);
     if let Some(bytes) = seg_bytes {
         store_object(pipeline, &job.model, &bytes).await?;
+        objects.push(bytes);
     }
     store_object(pipeline, &job.model, &sr_bytes).await?;
-    Ok((
-        Some(sr_instance.sop_instance_uid),
-        seg_reference.map(|s| s.sop_instance_uid),
-    ))
+    objects.push(sr_bytes);
+    Ok(StoredResults {
+        sr_uid: Some(sr_instance.sop_instance_uid),
+        seg_uid: seg_reference.map(|s| s.sop_instance_uid),
+        objects,
+    })
 }
 
 /// Stores one Part 10 result object in the archive (a retry storing it again is a no-op).

@@ -8,6 +8,7 @@
 //! Both writers take the source images' own datasets (pixel data excluded) so that the
 //! patient, study and geometry they copy are exactly what the PACS sent.
 
+pub mod forward;
 pub mod seg;
 pub mod sr;
 
