@@ -359,6 +359,9 @@ pub struct FileConfig {
     /// `[pipeline]`, kept raw until the pipeline reads it.
     #[serde(default)]
     pub pipeline: toml::Table,
+    /// `[emr]`, kept raw until the EMR join reads it.
+    #[serde(default)]
+    pub emr: toml::Table,
 }
 
 /// `[dicom]` in the config file.
@@ -436,6 +439,8 @@ pub struct Settings {
     pub routes: Vec<toml::Table>,
     /// `[pipeline]`, kept raw until the pipeline reads it.
     pub pipeline: toml::Table,
+    /// `[emr]`, kept raw until the EMR join reads it.
+    pub emr: toml::Table,
 }
 
 /// DIMSE listener settings.
@@ -487,6 +492,7 @@ impl Default for Settings {
             models: Vec::new(),
             routes: Vec::new(),
             pipeline: toml::Table::new(),
+            emr: toml::Table::new(),
         }
     }
 }
@@ -582,6 +588,7 @@ impl Settings {
             models: file.models,
             routes: file.routes,
             pipeline: file.pipeline,
+            emr: file.emr,
         })
     }
 

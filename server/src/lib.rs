@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod dicomweb;
 pub mod dimse;
+pub mod emr;
 pub mod infer;
 pub mod metrics;
 pub mod pipeline;

@@ -54,6 +54,8 @@ pub enum ServeError {
     Models(#[from] crate::infer::ModelsError),
     #[error("pipeline: {0}")]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error("EMR: {0}")]
+    Emr(String),
 }
 
 /// A server whose listeners are bound, ready to [`run`](Server::run).
@@ -108,7 +110,16 @@ impl Server {
             .parse::<radserve_models::device::DeviceChoice>()
             .map_err(crate::infer::ModelsError::from)?;
         let models = Models::start(model_configs, device)?;
-        let pipeline = Pipeline::new(archive.clone(), models, pipeline_config, &settings.routes)?;
+        let join_config: crate::emr::join::JoinConfig = settings
+            .emr
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| ServeError::Emr(format!("[emr]: {}", e.message())))?;
+        let emr = crate::emr::Emr::open(archive.clone(), join_config)
+            .await
+            .map_err(|e| ServeError::Emr(e.to_string()))?;
+        let pipeline = Pipeline::new(archive.clone(), models, pipeline_config, &settings.routes)?
+            .with_emr(emr);
         let (dicom, dicom_addr) = listen("DICOM", settings.dicom.port).await?;
         let (http, http_addr) = listen("HTTP", settings.http.port).await?;
         info!(

@@ -11,6 +11,7 @@
 //! like all our errors.
 
 pub mod audit;
+pub mod emr;
 pub mod health;
 pub mod openapi;
 pub mod pipeline;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub models: Models,
     /// The study pipeline, when it runs.
     pub pipeline: Option<Pipeline>,
+    /// The EMR records and join, when they run.
+    pub emr: Option<crate::emr::Emr>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -59,12 +62,14 @@ impl AppState {
             settings: Arc::new(settings.clone()),
             models: Models::default(),
             pipeline: None,
+            emr: None,
         }
     }
 
     /// The same state, serving `pipeline` and its models.
     pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
         self.models = pipeline.models.clone();
+        self.emr = pipeline.emr.clone();
         self.pipeline = Some(pipeline);
         self
     }
@@ -93,6 +98,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(audit::routes(auth.clone()))
         .merge(openapi::routes())
         .merge(pipeline::routes())
+        .merge(emr::routes())
         .nest("/dicomweb", crate::dicomweb::routes())
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require))
         .route_layer(axum::middleware::from_fn(crate::metrics::track_http))

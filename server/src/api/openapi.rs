@@ -39,6 +39,12 @@ pub const SECURITY_SCHEME: &str = "bearer";
         super::pipeline::jobs,
         super::pipeline::models,
         super::pipeline::infer,
+        super::emr::ingest_fhir,
+        super::emr::unmatched,
+        super::emr::link,
+        super::emr::quality,
+        super::emr::study,
+        super::emr::patient_studies,
     ),
     components(schemas(super::audit::AuditPage, super::audit::AuditEntry)),
     tags(
@@ -47,6 +53,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
         (name = "observability", description = "Prometheus metrics (ml, admin)"),
         (name = "meta", description = "This document"),
         (name = "pipeline", description = "Findings, jobs, models and synchronous inference"),
+        (name = "emr", description = "EMR records in, the study join, review and data quality, the clinician's study view"),
     )
 )]
 struct RadserveApi;

@@ -114,6 +114,32 @@ pub static RULES: &[RouteRule] = &[
         Some(AuditKind::Read),
     ),
     rule(Verb::Any, "/api/v1/models", Access::Roles(ML), None),
+    // The EMR: records come from the interface engine (like studies from the PACS); the
+    // review queue, quality report, manual links and timelines are patient data.
+    rule(
+        Verb::Write,
+        "/api/v1/emr/fhir",
+        Access::Roles(STORERS),
+        Some(AuditKind::Store),
+    ),
+    rule(
+        Verb::Write,
+        "/api/v1/emr/links",
+        Access::Roles(READERS),
+        Some(AuditKind::Store),
+    ),
+    rule(
+        Verb::Read,
+        "/api/v1/emr",
+        Access::Roles(READERS),
+        Some(AuditKind::Read),
+    ),
+    rule(
+        Verb::Read,
+        "/api/v1/patients",
+        Access::Roles(READERS),
+        Some(AuditKind::Read),
+    ),
     // The pipeline: findings are patient data; asking for (re)processing is for anyone
     // who sends or reads studies; jobs and synchronous inference are for ML engineers.
     rule(

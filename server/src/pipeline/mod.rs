@@ -196,6 +196,8 @@ pub struct Pipeline {
     pub owner: Arc<str>,
     /// One routing pass at a time (the timer and `POST …/process` both route).
     pub routing: Arc<tokio::sync::Mutex<()>>,
+    /// The EMR join, run on each study when it is complete.
+    pub emr: Option<crate::emr::Emr>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -244,7 +246,14 @@ impl Pipeline {
             jobs_created: Arc::new(tokio::sync::Notify::new()),
             owner: owner.into(),
             routing: Arc::new(tokio::sync::Mutex::new(())),
+            emr: None,
         })
+    }
+
+    /// The same pipeline, joining each complete study to the EMR.
+    pub fn with_emr(mut self, emr: crate::emr::Emr) -> Self {
+        self.emr = Some(emr);
+        self
     }
 
     /// Starts stability and the workers; they stop when `shutdown` fires.

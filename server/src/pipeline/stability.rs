@@ -81,7 +81,14 @@ pub async fn step(pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
                 study = %study.study_instance_uid,
                 "study complete: no route selects its series"
             ),
-            None => {} // an instance arrived meanwhile: wait for it to rest
+            None => continue, // an instance arrived meanwhile: wait for it to rest
+        }
+        // The study is complete: tie it to its order and patient (the EMR side may come
+        // later; an ingest joins again).
+        if let Some(emr) = &pipeline.emr
+            && let Err(e) = emr.join_study(&study.study_instance_uid).await
+        {
+            tracing::warn!(error = %e, "EMR join of a complete study failed");
         }
     }
     for (state, count) in jobs.counts_by_state().await? {

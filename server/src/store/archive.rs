@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::attributes;
 use super::blob::{BlobStore, FsBlobStore};
+use super::emr::EmrStore;
 use super::index::{
     AuditRecord, Conflict, Index, InstanceRecord, NewToken, SqliteIndex, TokenRecord,
 };
@@ -44,6 +45,7 @@ struct Inner {
     blobs: Arc<dyn BlobStore>,
     index: Arc<dyn Index>,
     jobs: JobStore,
+    emr: EmrStore,
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -124,6 +126,7 @@ impl Archive {
         let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(blob_dir)?);
         let sqlite = SqliteIndex::open(&config.data_dir.join("index.sqlite")).await?;
         let jobs = JobStore::new(sqlite.pool());
+        let emr = EmrStore::new(sqlite.pool());
         let index: Arc<dyn Index> = Arc::new(sqlite);
         let tmp = tmp_dir.clone();
         let cleaned = tokio::task::spawn_blocking(move || clean_tmp(&tmp))
@@ -164,6 +167,7 @@ impl Archive {
                 blobs,
                 index,
                 jobs,
+                emr,
                 stripes,
             }),
         })
@@ -468,6 +472,11 @@ impl Archive {
     /// The pipeline's tables: study activity, jobs, findings.
     pub fn jobs(&self) -> &JobStore {
         &self.inner.jobs
+    }
+
+    /// The EMR's tables: records and study links.
+    pub fn emr(&self) -> &EmrStore {
+        &self.inner.emr
     }
 
     /// The data directory.

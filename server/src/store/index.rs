@@ -187,6 +187,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pipeline",
         include_str!("../../migrations/0002_pipeline.sql"),
     ),
+    (3, "emr", include_str!("../../migrations/0003_emr.sql")),
 ];
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {

@@ -17,6 +17,7 @@ mod archive;
 pub mod attributes;
 pub mod blob;
 pub mod charset;
+pub mod emr;
 pub mod index;
 pub mod jobs;
 pub mod query;
