@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-use super::fhir::{EntryError, parse_bundle};
+use super::fhir::{EntryError, ParsedBundle, parse_bundle};
 use super::join::{EmrIndex, JoinConfig, JoinOutcome, join_study};
 use super::{EmrEncounter, EmrOrder, EmrPatient};
 use crate::store::emr::{EmrStore, UpsertCounts};
@@ -106,22 +106,19 @@ impl Emr {
     /// joins every study again.
     pub async fn ingest_fhir(&self, body: &[u8]) -> Result<IngestReport, IngestError> {
         let parsed = parse_bundle(body).map_err(|e| IngestError::Bundle(e.to_string()))?;
+        self.ingest(parsed).await
+    }
+
+    /// Stores parsed records (from FHIR, HL7 v2 or a file import: every source ends here)
+    /// and joins every study again.
+    pub async fn ingest(&self, parsed: ParsedBundle) -> Result<IngestReport, IngestError> {
         let _one_at_a_time = self.ingest_lock.lock().await;
-        let patients: Vec<(String, EmrPatient)> = parsed
-            .patients
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
-        let orders: Vec<(String, EmrOrder)> = parsed
-            .orders
-            .into_iter()
-            .map(|o| (o.id.clone(), o))
-            .collect();
-        let encounters: Vec<(String, EmrEncounter)> = parsed
-            .encounters
-            .into_iter()
-            .map(|e| (e.id.clone(), e))
-            .collect();
+        let patients: Vec<(String, EmrPatient)> =
+            parsed.patients.into_iter().map(|p| (p.id.clone(), p)).collect();
+        let orders: Vec<(String, EmrOrder)> =
+            parsed.orders.into_iter().map(|o| (o.id.clone(), o)).collect();
+        let encounters: Vec<(String, EmrEncounter)> =
+            parsed.encounters.into_iter().map(|e| (e.id.clone(), e)).collect();
         let store = self.store();
         let patient_counts = store.upsert(PATIENT, &patients).await?;
         let order_counts = store.upsert(ORDER, &orders).await?;
@@ -134,7 +131,7 @@ impl Emr {
             encounters = encounters.len(),
             errors = parsed.errors.len(),
             linked = join.linked,
-            "EMR bundle stored and studies joined"
+            "EMR records stored and studies joined"
         );
         Ok(IngestReport {
             patients: patient_counts,
