@@ -8,7 +8,8 @@
 #   dicom3tools (dciodvfy), libgdcm-tools (gdcmconv), mesa-vulkan-drivers (lavapipe, the
 #   software Vulkan driver the wgpu tests run on), cmake (charls-sys builds the bundled CharLS
 #   JPEG-LS codec with it when radserve is compiled), and the Python packages pydicom and
-#   highdicom (scripts/results/read_with_highdicom.py reads our SR and SEG back with it).
+#   highdicom (scripts/results/read_with_highdicom.py reads our SR and SEG back with it), and
+#   jsonschema (scripts/fhir/validate.py checks our FHIR output against HL7's R4 schema).
 # Sourced or run by scripts/test.sh; safe to run again (it installs only what is missing).
 set -euo pipefail
 
@@ -56,4 +57,10 @@ if ! $build_only && ! python3 -c "import highdicom" >/dev/null 2>&1; then
     echo "install-test-deps: installing highdicom" >&2
     python3 -m pip install --quiet --disable-pip-version-check "highdicom>=0.23" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "highdicom>=0.23"
+fi
+
+if ! $build_only && ! python3 -c "import jsonschema" >/dev/null 2>&1; then
+    echo "install-test-deps: installing jsonschema" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "jsonschema>=4,<5" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "jsonschema>=4,<5"
 fi

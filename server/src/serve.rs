@@ -68,6 +68,11 @@ pub struct Server {
     http: TcpListener,
     dicom_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// The EMR service (also held by the pipeline), for the HL7 v2 listener.
+    emr: crate::emr::Emr,
+    /// The HL7 v2 MLLP listener, when `[emr] mllp_port` is set.
+    mllp: Option<(TcpListener, crate::emr::mllp::MllpConfig)>,
+    mllp_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Server {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("dicom_addr", &self.dicom_addr)
             .field("http_addr", &self.http_addr)
+            .field("mllp_addr", &self.mllp_addr)
             .finish_non_exhaustive()
     }
 }
@@ -110,18 +116,27 @@ impl Server {
             .parse::<radserve_models::device::DeviceChoice>()
             .map_err(crate::infer::ModelsError::from)?;
         let models = Models::start(model_configs, device)?;
-        let join_config: crate::emr::join::JoinConfig = settings
-            .emr
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| ServeError::Emr(format!("[emr]: {}", e.message())))?;
-        let emr = crate::emr::Emr::open(archive.clone(), join_config)
+        let emr_config = crate::emr::EmrConfig::from_table(&settings.emr)
+            .map_err(|e| ServeError::Emr(format!("[emr]: {}", e.message())))?;
+        let emr = crate::emr::Emr::open(archive.clone(), emr_config.join.clone())
             .await
             .map_err(|e| ServeError::Emr(e.to_string()))?;
         let pipeline = Pipeline::new(archive.clone(), models, pipeline_config, &settings.routes)?
-            .with_emr(emr);
+            .with_emr(emr.clone());
         let (dicom, dicom_addr) = listen("DICOM", settings.dicom.port).await?;
         let (http, http_addr) = listen("HTTP", settings.http.port).await?;
+        let (mllp, mllp_addr) = match emr_config.mllp_port {
+            None => (None, None),
+            Some(port) => {
+                let (listener, addr) = listen("HL7 MLLP", port).await?;
+                info!(mllp_port = addr.port(), "HL7 v2 MLLP listener bound");
+                let config = crate::emr::mllp::MllpConfig {
+                    max_message_bytes: emr_config.max_message_bytes,
+                    ..Default::default()
+                };
+                (Some((listener, config)), Some(addr))
+            }
+        };
         info!(
             version = env!("CARGO_PKG_VERSION"),
             data = %settings.data.display(),
@@ -140,7 +155,16 @@ impl Server {
             http,
             dicom_addr,
             http_addr,
+            emr,
+            mllp,
+            mllp_addr,
         })
+    }
+
+    /// The HL7 v2 MLLP listener's address, when `[emr] mllp_port` is set (the port is also
+    /// logged at info level; the stdout contract line is unchanged).
+    pub fn mllp_addr(&self) -> Option<SocketAddr> {
+        self.mllp_addr
     }
 
     pub fn dicom_addr(&self) -> SocketAddr {
@@ -170,9 +194,20 @@ impl Server {
             pipeline,
             dicom,
             http,
+            emr,
+            mllp,
             ..
         } = self;
         let (trigger, handle) = shutdown::channel();
+
+        let mllp = {
+            let handle = handle.clone();
+            async move {
+                if let Some((listener, config)) = mllp {
+                    crate::emr::mllp::serve(listener, emr, config, handle).await;
+                }
+            }
+        };
 
         let dimse = dimse::serve(
             dicom,
@@ -201,7 +236,7 @@ impl Server {
         };
 
         let both = async {
-            let (http, ()) = tokio::join!(http, dimse);
+            let (http, (), ()) = tokio::join!(http, dimse, mllp);
             http
         };
         tokio::pin!(both);
@@ -285,6 +320,46 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn binds_the_mllp_listener_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path().join("data"), 0, 0);
+        let server = Server::bind(s.clone()).await.unwrap();
+        assert_eq!(server.mllp_addr(), None);
+        drop(server);
+        s.emr.insert("mllp_port".into(), toml::Value::Integer(0));
+        let server = Server::bind(s).await.unwrap();
+        let port = server.mllp_addr().expect("MLLP bound").port();
+        assert_ne!(port, 0);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        client
+            .write_all(b"\x0bMSH|^~\\&|A|B|C|D|1||ADT^A08|C1|P|2.5\rPID|1||7^^^H^MR\r\x1c\r")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\x1c\r") {
+            let mut buf = [0u8; 1024];
+            let n = client.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed before the ACK");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        let reply = String::from_utf8(reply).unwrap();
+        assert!(reply.contains("\rMSA|AA|C1|"), "{reply}");
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stops promptly")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! - [`health`]: `/health/live` and `/health/ready` (no authentication, by contract);
 //! - `/metrics` ([`crate::metrics`]);
 //! - DICOMweb under `/dicomweb` ([`crate::dicomweb`]);
-//! - `/api/v1/audit` ([`audit`]) and `/api/v1/openapi.json` ([`openapi`]).
+//! - `/api/v1/audit` ([`audit`]) and `/api/v1/openapi.json` ([`openapi`]);
+//! - findings as FHIR R4 under `/fhir` ([`fhir`]).
 //!
 //! Every route goes through [`crate::auth::require`] (bearer tokens, roles, audit; the
 //! health probes are public in its table) and [`crate::metrics::track_http`]. Every other
@@ -12,6 +13,7 @@
 
 pub mod audit;
 pub mod emr;
+pub mod fhir;
 pub mod health;
 pub mod openapi;
 pub mod pipeline;
@@ -99,6 +101,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(openapi::routes())
         .merge(pipeline::routes())
         .merge(emr::routes())
+        .merge(fhir::routes())
         .nest("/dicomweb", crate::dicomweb::routes())
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require))
         .route_layer(axum::middleware::from_fn(crate::metrics::track_http))

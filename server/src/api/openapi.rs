@@ -45,6 +45,10 @@ pub const SECURITY_SCHEME: &str = "bearer";
         super::emr::quality,
         super::emr::study,
         super::emr::patient_studies,
+        super::fhir::search_reports,
+        super::fhir::read_report,
+        super::fhir::search_observations,
+        super::fhir::read_imaging_study,
     ),
     components(schemas(super::audit::AuditPage, super::audit::AuditEntry)),
     tags(
@@ -54,6 +58,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
         (name = "meta", description = "This document"),
         (name = "pipeline", description = "Findings, jobs, models and synchronous inference"),
         (name = "emr", description = "EMR records in, the study join, review and data quality, the clinician's study view"),
+        (name = "fhir", description = "Findings as FHIR R4 (DiagnosticReport, Observation, ImagingStudy; application/fhir+json)"),
     )
 )]
 struct RadserveApi;

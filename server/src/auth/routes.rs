@@ -166,6 +166,13 @@ pub static RULES: &[RouteRule] = &[
         Access::Roles(ML),
         Some(AuditKind::Read),
     ),
+    // Findings as FHIR R4: patient data, read-only.
+    rule(
+        Verb::Read,
+        "/fhir",
+        Access::Roles(READERS),
+        Some(AuditKind::Read),
+    ),
     rule(Verb::Read, "/metrics", Access::Roles(ML), None),
 ];
 
@@ -278,6 +285,11 @@ mod tests {
             [Clinician, Admin]
         );
         assert_eq!(allowed(Method::GET, "/metrics"), [Ml, Admin]);
+        assert_eq!(
+            allowed(Method::GET, "/fhir/DiagnosticReport"),
+            [Clinician, Admin]
+        );
+        assert_eq!(allowed(Method::POST, "/fhir/Observation"), [Admin]);
         assert_eq!(allowed(Method::GET, "/api/v1/audit"), [Admin]);
         assert_eq!(allowed(Method::GET, "/api/v1/openapi.json"), Role::ALL);
         // Unknown routes and unlisted methods: admin only.
@@ -297,6 +309,10 @@ mod tests {
         assert_eq!(
             rule_for(&Method::POST, "/dicomweb/studies").audit,
             Some(AuditKind::Store)
+        );
+        assert_eq!(
+            rule_for(&Method::GET, "/fhir/Observation").audit,
+            Some(AuditKind::Read)
         );
         assert_eq!(rule_for(&Method::GET, "/metrics").audit, None);
         assert_eq!(rule_for(&Method::GET, "/health/live").audit, None);

@@ -113,12 +113,21 @@ impl Emr {
     /// and joins every study again.
     pub async fn ingest(&self, parsed: ParsedBundle) -> Result<IngestReport, IngestError> {
         let _one_at_a_time = self.ingest_lock.lock().await;
-        let patients: Vec<(String, EmrPatient)> =
-            parsed.patients.into_iter().map(|p| (p.id.clone(), p)).collect();
-        let orders: Vec<(String, EmrOrder)> =
-            parsed.orders.into_iter().map(|o| (o.id.clone(), o)).collect();
-        let encounters: Vec<(String, EmrEncounter)> =
-            parsed.encounters.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let patients: Vec<(String, EmrPatient)> = parsed
+            .patients
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let orders: Vec<(String, EmrOrder)> = parsed
+            .orders
+            .into_iter()
+            .map(|o| (o.id.clone(), o))
+            .collect();
+        let encounters: Vec<(String, EmrEncounter)> = parsed
+            .encounters
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
         let store = self.store();
         let patient_counts = store.upsert(PATIENT, &patients).await?;
         let order_counts = store.upsert(ORDER, &orders).await?;

@@ -3,19 +3,76 @@
 //!
 //! - [`fhir`]: FHIR R4 Bundles in (Patient, ServiceRequest, Encounter), checked entry by
 //!   entry;
+//! - [`fhir_out`]: findings out as FHIR R4 (ImagingStudy, Observation, DiagnosticReport);
 //! - [`join`]: the matching — accession number, then normalised patient identifier, then
 //!   demographics with study date and modality — with a method and a confidence per link,
 //!   and ambiguous cases left for review, never guessed;
 //! - [`ingest`]: records stored with versions, the join run again when either side arrives,
-//!   and the data-quality report.
+//!   and the data-quality report;
+//! - [`hl7`]: HL7 v2 ADT and orders (ORM^O01, OMI^O23) parsed and mapped to the same
+//!   records, and [`mllp`]: the MLLP listener that takes them in.
 
 pub mod fhir;
+pub mod fhir_out;
+pub mod hl7;
 pub mod ingest;
 pub mod join;
+pub mod mllp;
 
 pub use ingest::Emr;
 
 use serde::{Deserialize, Serialize};
+
+/// The `[emr]` table: the join's settings ([`join::JoinConfig`], at the same place:
+/// `patient_id_prefixes`, `date_window_days`) and the HL7 v2 listener's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmrConfig {
+    pub join: join::JoinConfig,
+    /// `mllp_port`: the HL7 v2 MLLP listener's port; absent, no listener; 0, a free port.
+    pub mllp_port: Option<u16>,
+    /// `max_message_bytes`: the largest HL7 v2 message accepted (default 1 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for EmrConfig {
+    fn default() -> Self {
+        EmrConfig {
+            join: join::JoinConfig::default(),
+            mllp_port: None,
+            max_message_bytes: hl7::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerKeys {
+    mllp_port: Option<u16>,
+    max_message_bytes: Option<usize>,
+}
+
+impl EmrConfig {
+    /// Reads the `[emr]` table; unknown keys are refused.
+    pub fn from_table(table: &toml::Table) -> Result<EmrConfig, toml::de::Error> {
+        let mut join_keys = table.clone();
+        let mut listener = toml::Table::new();
+        for key in ["mllp_port", "max_message_bytes"] {
+            if let Some(value) = join_keys.remove(key) {
+                listener.insert(key.to_string(), value);
+            }
+        }
+        let listener: ListenerKeys = listener.try_into()?;
+        let join: join::JoinConfig = join_keys.try_into()?;
+        Ok(EmrConfig {
+            join,
+            mllp_port: listener.mllp_port,
+            max_message_bytes: listener
+                .max_message_bytes
+                .unwrap_or(hl7::DEFAULT_MAX_MESSAGE_BYTES)
+                .max(64),
+        })
+    }
+}
 
 /// A FHIR Identifier, reduced to what matching reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,3 +193,27 @@ pub struct StudyLink {
 
 #[cfg(test)]
 mod join_tests;
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn emr_table_holds_join_and_listener_keys() {
+        let table: toml::Table = toml::from_str(
+            "patient_id_prefixes = [\"MRN\"]\ndate_window_days = 2\nmllp_port = 0\nmax_message_bytes = 4096\n",
+        )
+        .unwrap();
+        let config = EmrConfig::from_table(&table).unwrap();
+        assert_eq!(config.join.patient_id_prefixes, vec!["MRN".to_string()]);
+        assert_eq!(config.join.date_window_days, 2);
+        assert_eq!(config.mllp_port, Some(0));
+        assert_eq!(config.max_message_bytes, 4096);
+        let empty = EmrConfig::from_table(&toml::Table::new()).unwrap();
+        assert_eq!(empty, EmrConfig::default());
+        let typo: toml::Table = toml::from_str("mllp_prot = 1\n").unwrap();
+        assert!(EmrConfig::from_table(&typo).is_err());
+        let bad: toml::Table = toml::from_str("mllp_port = 70000\n").unwrap();
+        assert!(EmrConfig::from_table(&bad).is_err());
+    }
+}
