@@ -802,3 +802,89 @@ pub fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
         .map(|(i, _)| i)
         .collect()
 }
+
+// --- Pipeline and EMR tests: a server with a config and a token, studies by storescu ---
+
+/// `radserve serve` on free ports with `data` and `config`, `token` accepted as an admin
+/// bearer token; returns once the server is ready (models loaded and warm).
+pub fn serve_with_config(data: &Path, config: &Path, token: &str) -> RadServe {
+    let mut cmd = radserve_command();
+    cmd.env("RADSERVE_ADMIN_TOKEN", token)
+        .arg("serve")
+        .args(["--dicom-port", "0", "--http-port", "0", "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(config);
+    let server = RadServe::start(cmd);
+    server.wait_ready();
+    server
+}
+
+/// GETs `path` on `server` with `token`; the status and the body as JSON.
+pub fn get_json_authorized(server: &RadServe, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let mut response = http_client()
+        .get(&server.url(path))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {path}: cannot read body: {e}"));
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {path}: body is not JSON ({e}): {text:?}"));
+    (status, json)
+}
+
+/// Sends every `*.dcm` under `dir` to `server` with dcmtk's `storescu` (one association).
+pub fn storescu_dir(server: &RadServe, dir: &Path) {
+    let port = server.dicom_port.to_string();
+    let output = dcmtk(
+        "storescu",
+        [
+            "-aec".as_ref(),
+            "RADSERVE".as_ref(),
+            "+sd".as_ref(),
+            "+r".as_ref(),
+            "+sp".as_ref(),
+            "*.dcm".as_ref(),
+            "127.0.0.1".as_ref(),
+            OsStr::new(&port),
+            dir.as_os_str(),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "storescu failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Polls `/api/v1/studies/{study}/findings` until the study has jobs and none is queued or
+/// running (at most `timeout`); returns the body (`findings`, `jobs`).
+pub fn wait_for_study_jobs(
+    server: &RadServe,
+    study: &str,
+    token: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) =
+            get_json_authorized(server, &format!("/api/v1/studies/{study}/findings"), token);
+        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+        let finished = |j: &serde_json::Value| {
+            matches!(j["state"].as_str(), Some("done" | "failed" | "cancelled"))
+        };
+        if status == 200 && !jobs.is_empty() && jobs.iter().all(finished) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs of {study} not finished in {timeout:?}: {body}\nstderr:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

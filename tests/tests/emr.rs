@@ -4,26 +4,12 @@
 //! the links the server makes are compared with the truth.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use radserve_tests::{RadServe, dcmtk, generate_samples, http_client, radserve_command};
+use radserve_tests::{RadServe, generate_samples, http_client, serve_with_config, storescu_dir};
 use serde_json::Value;
 
 const TOKEN: &str = "emr-e2e-token-7f3a91c2d4";
-
-fn serve(data: &Path, config: &Path) -> RadServe {
-    let mut cmd = radserve_command();
-    cmd.env("RADSERVE_ADMIN_TOKEN", TOKEN)
-        .arg("serve")
-        .args(["--dicom-port", "0", "--http-port", "0", "--data"])
-        .arg(data)
-        .arg("--config")
-        .arg(config);
-    let server = RadServe::start(cmd);
-    server.wait_ready();
-    server
-}
 
 fn call(server: &RadServe, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
     let url = server.url(path);
@@ -50,28 +36,6 @@ fn call(server: &RadServe, method: &str, path: &str, body: Option<&[u8]>) -> (u1
         status,
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")),
     )
-}
-
-fn storescu(server: &RadServe, dir: &Path) {
-    let output = dcmtk(
-        "storescu",
-        [
-            "-aec".as_ref(),
-            "RADSERVE".as_ref(),
-            "+sd".as_ref(),
-            "+r".as_ref(),
-            "+sp".as_ref(),
-            "*.dcm".as_ref(),
-            "127.0.0.1".as_ref(),
-            server.dicom_port.to_string().as_ref(),
-            dir.as_os_str(),
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The link of every study in `pairs` once the join has seen it, as (patient, order).
@@ -161,8 +125,8 @@ fn studies_join_their_orders_whichever_arrives_first() {
     .unwrap();
 
     // Studies first, then the EMR.
-    let first = serve(&dir.path().join("a"), &config);
-    storescu(&first, &generated.join("studies"));
+    let first = serve_with_config(&dir.path().join("a"), &config, TOKEN);
+    storescu_dir(&first, &generated.join("studies"));
     std::thread::sleep(Duration::from_secs(2));
     let (status, report) = call(&first, "POST", "/api/v1/emr/fhir", Some(&bundle));
     assert_eq!(status, 200, "{report}");
@@ -170,10 +134,10 @@ fn studies_join_their_orders_whichever_arrives_first() {
     let studies_first = links(&first, &pairs);
 
     // The EMR first, then the studies.
-    let second = serve(&dir.path().join("b"), &config);
+    let second = serve_with_config(&dir.path().join("b"), &config, TOKEN);
     let (status, _) = call(&second, "POST", "/api/v1/emr/fhir", Some(&bundle));
     assert_eq!(status, 200);
-    storescu(&second, &generated.join("studies"));
+    storescu_dir(&second, &generated.join("studies"));
     let emr_first = links(&second, &pairs);
     assert_eq!(
         studies_first, emr_first,

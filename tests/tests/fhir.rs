@@ -5,29 +5,16 @@
 //! HL7's FHIR R4 JSON Schema (the subset in `scripts/fhir/`, by `scripts/fhir/validate.py`,
 //! offline) and must point at the true pair's patient and order.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use radserve_tests::{
-    RadServe, dcmtk, generate_samples, http_client, radserve_command, workspace_root,
+    RadServe, generate_samples, http_client, serve_with_config, storescu_dir, wait_for_study_jobs,
+    workspace_root,
 };
 use serde_json::Value;
 
 const TOKEN: &str = "fhir-e2e-token-5d20c7a9e1";
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn serve(data: &Path, config: &Path) -> RadServe {
-    let mut cmd = radserve_command();
-    cmd.env("RADSERVE_ADMIN_TOKEN", TOKEN)
-        .arg("serve")
-        .args(["--dicom-port", "0", "--http-port", "0", "--data"])
-        .arg(data)
-        .arg("--config")
-        .arg(config);
-    let server = RadServe::start(cmd);
-    server.wait_ready();
-    server
-}
 
 /// GET or POST (with a FHIR body); (status, content type, JSON body).
 fn call(server: &RadServe, path: &str, body: Option<&[u8]>) -> (u16, String, Value) {
@@ -89,48 +76,6 @@ fn validate(what: &str, resource: &Value) {
     );
 }
 
-fn storescu(server: &RadServe, dir: &Path) {
-    let output = dcmtk(
-        "storescu",
-        [
-            "-aec".as_ref(),
-            "RADSERVE".as_ref(),
-            "+sd".as_ref(),
-            "+r".as_ref(),
-            "+sp".as_ref(),
-            "*.dcm".as_ref(),
-            "127.0.0.1".as_ref(),
-            server.dicom_port.to_string().as_ref(),
-            dir.as_os_str(),
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Waits until the study has jobs and all are finished; returns them.
-fn wait_for_jobs(server: &RadServe, study: &str) -> Vec<Value> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let (status, _, body) = call(server, &format!("/api/v1/studies/{study}/findings"), None);
-        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
-        let finished =
-            |j: &Value| matches!(j["state"].as_str(), Some("done" | "failed" | "cancelled"));
-        if status == 200 && !jobs.is_empty() && jobs.iter().all(finished) {
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "jobs of {study} not finished: {body}\nstderr:\n{}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn entries(bundle: &Value) -> Vec<Value> {
     assert_eq!(bundle["resourceType"], "Bundle");
     assert_eq!(bundle["type"], "searchset");
@@ -181,7 +126,7 @@ fn findings_come_out_as_valid_fhir_r4_tied_to_the_order() {
         "[pipeline]\nstable_after_s = 1\npoll_interval_ms = 100\n",
     )
     .unwrap();
-    let server = serve(&dir.path().join("data"), &config);
+    let server = serve_with_config(&dir.path().join("data"), &config, TOKEN);
 
     // A search with no parameter is refused, as FHIR says, with an OperationOutcome.
     let refused = fhir(&server, "/fhir/DiagnosticReport", 400);
@@ -192,8 +137,11 @@ fn findings_come_out_as_valid_fhir_r4_tied_to_the_order() {
 
     let (status, _, report) = call(&server, "/api/v1/emr/fhir", Some(&bundle));
     assert_eq!(status, 200, "{report}");
-    storescu(&server, &generated.join("studies"));
-    let jobs = wait_for_jobs(&server, study);
+    storescu_dir(&server, &generated.join("studies"));
+    let jobs = wait_for_study_jobs(&server, study, TOKEN, TIMEOUT)["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(jobs.iter().all(|j| j["state"] == "done"), "{jobs:?}");
 
     // The join may finish just after the jobs: wait for the order's report.

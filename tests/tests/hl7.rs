@@ -7,10 +7,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use radserve_tests::{RadServe, dcmtk, generate_samples, http_client, radserve_command};
+use radserve_tests::{
+    RadServe, generate_samples, get_json_authorized, radserve_command, storescu_dir,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "hl7-e2e-token-5b2e8d17c3";
@@ -19,20 +20,6 @@ const MAX_MESSAGE_BYTES: usize = 65_536;
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
     listener.local_addr().unwrap().port()
-}
-
-fn get(server: &RadServe, path: &str) -> (u16, Value) {
-    let mut response = http_client()
-        .get(server.url(path))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")),
-    )
 }
 
 /// Sends raw bytes and reads one MLLP-framed reply; returns its segments.
@@ -86,28 +73,6 @@ fn msa(segments: &[String]) -> (String, String) {
         assert_eq!(field(msh, 4), "EPIC", "{msh}");
     }
     (field(msa, 1).to_owned(), field(msa, 2).to_owned())
-}
-
-fn storescu(server: &RadServe, dir: &Path) {
-    let output = dcmtk(
-        "storescu",
-        [
-            "-aec".as_ref(),
-            "RADSERVE".as_ref(),
-            "+sd".as_ref(),
-            "+r".as_ref(),
-            "+sp".as_ref(),
-            "*.dcm".as_ref(),
-            "127.0.0.1".as_ref(),
-            server.dicom_port.to_string().as_ref(),
-            dir.as_os_str(),
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[test]
@@ -249,11 +214,12 @@ fn hl7_orders_over_mllp_join_the_study() {
     drop(stream);
 
     // The study arrives: joined by accession to the HL7 order and patient.
-    storescu(&server, &generated.join("studies"));
+    storescu_dir(&server, &generated.join("studies"));
     let patient_resource = format!("hl7-{issuer}-{patient_id}");
     let deadline = Instant::now() + Duration::from_secs(120);
     let body = loop {
-        let (status, body) = get(&server, &format!("/api/v1/studies/{study_uid}"));
+        let (status, body) =
+            get_json_authorized(&server, &format!("/api/v1/studies/{study_uid}"), TOKEN);
         if status == 200 && !body["emr"]["link"].is_null() {
             break body;
         }

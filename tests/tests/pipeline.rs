@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use radserve_tests::{
-    RadServe, dcmtk, dicom_files, generate_samples, http_client, radserve_command, split_multipart,
-    workspace_root,
+    RadServe, dcmtk, dicom_files, generate_samples, get_json_authorized, http_client,
+    serve_with_config, split_multipart, storescu_dir, wait_for_study_jobs, workspace_root,
 };
 use serde_json::Value;
 
@@ -33,74 +33,19 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 }
 
 fn serve(data: &Path, config: &Path) -> RadServe {
-    let mut cmd = radserve_command();
-    cmd.env("RADSERVE_ADMIN_TOKEN", TOKEN)
-        .arg("serve")
-        .args(["--dicom-port", "0", "--http-port", "0", "--data"])
-        .arg(data)
-        .arg("--config")
-        .arg(config);
-    let server = RadServe::start(cmd);
-    server.wait_ready();
-    server
+    serve_with_config(data, config, TOKEN)
 }
 
 fn get(server: &RadServe, path: &str) -> (u16, Value) {
-    let mut response = http_client()
-        .get(&server.url(path))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}")),
-    )
+    get_json_authorized(server, path, TOKEN)
 }
 
 fn storescu(server: &RadServe, dir: &Path) {
-    let output = dcmtk(
-        "storescu",
-        [
-            "-aet".as_ref(),
-            "PIPELINE-E2E".as_ref(),
-            "-aec".as_ref(),
-            "RADSERVE".as_ref(),
-            "+sd".as_ref(),
-            "+r".as_ref(),
-            "+sp".as_ref(),
-            "*.dcm".as_ref(),
-            "127.0.0.1".as_ref(),
-            server.dicom_port.to_string().as_ref(),
-            dir.as_os_str(),
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "storescu failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    storescu_dir(server, dir)
 }
 
-/// Polls the study's findings until it has jobs and none is queued or running.
 fn wait_for_jobs(server: &RadServe, study: &str) -> Value {
-    let deadline = Instant::now() + JOBS_TIMEOUT;
-    loop {
-        let (status, body) = get(server, &format!("/api/v1/studies/{study}/findings"));
-        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
-        let finished =
-            |j: &Value| matches!(j["state"].as_str(), Some("done" | "failed" | "cancelled"));
-        if status == 200 && !jobs.is_empty() && jobs.iter().all(finished) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "jobs of {study} not finished in {JOBS_TIMEOUT:?}: {body}\nstderr:\n{}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_study_jobs(server, study, TOKEN, JOBS_TIMEOUT)
 }
 
 fn read_json(path: &Path) -> Value {

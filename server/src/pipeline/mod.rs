@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::infer::Models;
 use crate::store::Archive;
@@ -169,19 +168,10 @@ impl PipelineConfig {
     }
 }
 
-/// A UID derived from `parts` (2.25 + 128 bits of their SHA-256): a retried job writes
-/// the same UIDs again, so a result is never stored twice under different identities.
-pub fn derived_uid(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
-    }
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    format!("2.25.{}", u128::from_be_bytes(bytes))
-}
+/// UIDs derived from what they identify (see [`crate::results::derived_uid`]): a retried
+/// job writes the same UIDs again, so a result is never stored twice under different
+/// identities.
+pub use crate::results::derived_uid;
 
 /// What the pipeline's tasks share.
 #[derive(Clone)]

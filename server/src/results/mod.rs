@@ -235,9 +235,45 @@ pub(crate) fn check_instance(instance: &NewInstance) -> Result<(), ResultError> 
     Ok(())
 }
 
+/// A new result object: patient and study copied from the first source, SOP Common, and
+/// the series (Modality, SeriesInstanceUID, SeriesNumber, SeriesDescription) — what the SR
+/// and the SEG both open with.
+pub(crate) fn new_result_object(
+    first_source: &InMemDicomObject,
+    sop_class_uid: &str,
+    modality: &str,
+    series_description: &str,
+    algorithm: &AlgorithmInfo,
+    instance: &NewInstance,
+) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::new_empty();
+    copy_patient_study(&mut obj, first_source);
+    put_sop_common(&mut obj, sop_class_uid, algorithm, instance);
+    put_str(&mut obj, tags::MODALITY, VR::CS, modality);
+    put_str(
+        &mut obj,
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        &instance.series_instance_uid,
+    );
+    put_str(
+        &mut obj,
+        tags::SERIES_NUMBER,
+        VR::IS,
+        &instance.series_number.to_string(),
+    );
+    put_str(
+        &mut obj,
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        series_description,
+    );
+    obj
+}
+
 /// A `2.25` UID derived from `parts` (SHA-256, first 128 bits): the same inputs always give
 /// the same UID, so a retried job writes identical objects.
-pub(crate) fn derived_uid(parts: &[&str]) -> String {
+pub fn derived_uid(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part.as_bytes());

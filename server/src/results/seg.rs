@@ -16,9 +16,8 @@ use dicom_object::InMemDicomObject;
 
 use super::{
     AlgorithmInfo, CodedConcept, NewInstance, ResultError, SourceIds, SourceImage, check_algorithm,
-    check_concept, check_instance, check_uid, code_item, concept_item, copy_patient_study,
-    derived_uid, ds, put_empty, put_equipment, put_seq, put_sop_common, put_str, source_ids,
-    source_str,
+    check_concept, check_instance, check_uid, code_item, concept_item, derived_uid, ds,
+    new_result_object, put_empty, put_equipment, put_seq, put_str, source_ids, source_str,
 };
 
 /// SOP class of the SEG we write: Segmentation Storage.
@@ -188,29 +187,14 @@ pub fn build_seg(
     ordered.sort_by_key(|(frame, _, position)| (frame.segment_number, *position));
 
     let first = &sources[0].dataset;
-    let mut obj = InMemDicomObject::new_empty();
-    copy_patient_study(&mut obj, first);
-    put_sop_common(&mut obj, SEGMENTATION_STORAGE, algorithm, instance);
-
     // General Series + Segmentation Series
-    put_str(&mut obj, tags::MODALITY, VR::CS, "SEG");
-    put_str(
-        &mut obj,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        &instance.series_instance_uid,
-    );
-    put_str(
-        &mut obj,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &instance.series_number.to_string(),
-    );
-    put_str(
-        &mut obj,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
+    let mut obj = new_result_object(
+        first,
+        SEGMENTATION_STORAGE,
+        "SEG",
         &format!("{} segmentation", algorithm.name),
+        algorithm,
+        instance,
     );
 
     // Frame of Reference

@@ -29,8 +29,7 @@ use super::seg::SEGMENTATION_STORAGE;
 use super::{
     AlgorithmInfo, Finding, Measurement, NewInstance, ResultError, SourceIds, SourceImage,
     check_algorithm, check_concept, check_instance, check_uid, code_item, concept_item,
-    copy_patient_study, derived_uid, ds, put_equipment, put_seq, put_sop_common, put_str,
-    source_ids,
+    derived_uid, ds, new_result_object, put_equipment, put_seq, put_str, source_ids,
 };
 
 /// Where the SEG written for the same result lies, so the SR can reference its segments.
@@ -113,29 +112,14 @@ pub fn build_sr(
     }
 
     let first = &sources[0].dataset;
-    let mut obj = InMemDicomObject::new_empty();
-    copy_patient_study(&mut obj, first);
-    put_sop_common(&mut obj, COMPREHENSIVE_3D_SR, algorithm, instance);
-
     // SR Document Series
-    put_str(&mut obj, tags::MODALITY, VR::CS, "SR");
-    put_str(
-        &mut obj,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        &instance.series_instance_uid,
-    );
-    put_str(
-        &mut obj,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &instance.series_number.to_string(),
-    );
-    put_str(
-        &mut obj,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
+    let mut obj = new_result_object(
+        first,
+        COMPREHENSIVE_3D_SR,
+        "SR",
         &format!("{} findings", algorithm.name),
+        algorithm,
+        instance,
     );
     put_seq(
         &mut obj,
