@@ -94,8 +94,16 @@ pub async fn step(pipeline: &Pipeline) -> Result<(), crate::store::StoreError> {
     for (state, count) in jobs.counts_by_state().await? {
         metrics::set_jobs(&state, count);
     }
-    for (model, label, count) in jobs.positive_findings_by_label().await? {
-        metrics::set_findings(&model, &label, count);
+    // Every served label gets a value, zero included, so a count that falls to zero shows.
+    let counts = jobs.positive_findings_by_label().await?;
+    for model in pipeline.models.list() {
+        for label in &model.manifest.output.labels {
+            let count = counts
+                .iter()
+                .find(|(m, l, _)| *m == model.name && *l == label.name)
+                .map_or(0, |(_, _, n)| *n);
+            metrics::set_findings(&model.name, &label.name, count);
+        }
     }
     Ok(())
 }
