@@ -3,7 +3,9 @@
 //! - `radserve serve [--data DIR] [--config FILE] [--dicom-port N] [--http-port N]
 //!   [--ae-title T] [--device auto|wgpu|vulkan|cuda|cpu]`;
 //! - `radserve token create --role pacs|clinician|ml|admin [--label TEXT] [--data DIR]
-//!   [--config FILE]`: prints a new bearer token once.
+//!   [--config FILE]`: prints a new bearer token once;
+//! - `radserve emr import FILE --format csv|hl7|fhir [--map mapping.toml] [--data DIR]
+//!   [--config FILE]`: EMR records from an export file into the data directory.
 //!
 //! Flags are the top layer of the settings; [`ServeArgs::overrides`] hands them to
 //! [`crate::config`], which adds the environment, the config file and the defaults.
@@ -14,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::Role;
 use crate::config::{self, AeTitle, Device, Overrides};
+use crate::emr::csv_import::Format;
 
 /// radserve: medical imaging AI inference server.
 #[derive(Debug, Parser)]
@@ -33,6 +36,54 @@ pub enum Command {
     /// Manage the bearer tokens HTTP clients authenticate with.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// EMR records: offline imports into the data directory.
+    #[command(subcommand)]
+    Emr(EmrCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmrCommand {
+    /// Import an EMR export (CSV with a mapping, HL7 v2 messages or a FHIR Bundle) and join
+    /// the archived studies again; prints a summary. Exit 0 when anything was imported.
+    Import(EmrImportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmrImportArgs {
+    /// The export file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The file's format: csv, hl7 or fhir
+    #[arg(long, value_name = "csv|hl7|fhir", value_parser = parse_format)]
+    pub format: Format,
+
+    /// Mapping of the CSV columns (TOML; see scripts/emr/csv-mapping.example.toml); csv only
+    #[arg(long, value_name = "FILE")]
+    pub map: Option<PathBuf>,
+
+    /// Data directory [env: RADSERVE_DATA] [default: ./radserve-data]
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    /// Config file [env: RADSERVE_CONFIG] [default: ./radserve.toml when it exists]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl EmrImportArgs {
+    /// The flags as the top settings layer (the data directory and the config file).
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            data: self.data.clone(),
+            config: self.config.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +211,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pacs, clinician, ml, admin"), "{err}");
+    }
+
+    #[test]
+    fn emr_import_flags() {
+        let cli = Cli::try_parse_from([
+            "radserve", "emr", "import", "x.csv", "--format", "csv", "--map", "m.toml", "--data",
+            "/d",
+        ])
+        .unwrap();
+        let Command::Emr(EmrCommand::Import(args)) = cli.command else {
+            panic!("expected emr import");
+        };
+        assert_eq!(args.format, Format::Csv);
+        assert_eq!(args.map, Some("m.toml".into()));
+        assert_eq!(args.overrides().data, Some("/d".into()));
+        let err = Cli::try_parse_from(["radserve", "emr", "import", "x", "--format", "xls"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("csv, hl7, fhir"), "{err}");
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!   and ambiguous cases left for review, never guessed;
 //! - [`ingest`]: records stored with versions, the join run again when either side arrives,
 //!   and the data-quality report;
+//! - [`csv_import`]: `radserve emr import`, CSV (with a mapping), HL7 v2 and FHIR files;
 //! - [`hl7`]: HL7 v2 ADT and orders (ORM^O01, OMI^O23) parsed and mapped to the same
 //!   records, and [`mllp`]: the MLLP listener that takes them in.
 
+pub mod csv_import;
 pub mod fhir;
 pub mod fhir_out;
 pub mod hl7;
