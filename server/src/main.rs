@@ -91,7 +91,7 @@ fn emr_import(args: &EmrImportArgs) -> anyhow::Result<()> {
     use radserve::emr::csv_import::{self, Format, Mapping};
     let settings = Settings::load(&args.overrides())?;
     let emr_config = radserve::emr::EmrConfig::from_table(&settings.emr)
-        .map_err(|e| anyhow::anyhow!("[emr]: {}", e.message()))?;
+        .map_err(|e| anyhow::anyhow!("[emr]: {e}"))?;
     let mapping = match (&args.map, args.format) {
         (Some(path), Format::Csv) => Some(Mapping::load(path)?),
         (None, Format::Csv) => anyhow::bail!("--format csv needs --map FILE (the column mapping)"),

@@ -19,6 +19,7 @@
 //! | `radserve_stage_duration_seconds` | histogram | `model`, `stage` (queue, decode, preprocess, compute, postprocess, store) |
 //! | `radserve_jobs` | gauge | `state` |
 //! | `radserve_findings` | gauge | `model`, `label` (positive, current results) |
+//! | `radserve_emr_deliveries_total` | counter | `destination` (`fhir`, `hl7`), `outcome` (`delivered`, `retry`, `failed`) |
 //!
 //! The recorder is installed once per process ([`handle`]); in unit tests, where several
 //! servers share a process, they share it too.
@@ -44,6 +45,7 @@ pub const BATCH_SIZE: &str = "radserve_inference_batch_size";
 pub const STAGE_DURATION: &str = "radserve_stage_duration_seconds";
 pub const JOBS: &str = "radserve_jobs";
 pub const FINDINGS: &str = "radserve_findings";
+pub const EMR_DELIVERIES: &str = "radserve_emr_deliveries_total";
 
 /// Batch-size buckets: the sizes models are warmed at and between.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
@@ -134,6 +136,10 @@ fn describe() {
     ::metrics::describe_gauge!(
         FINDINGS,
         "positive findings of current results, by model and label"
+    );
+    ::metrics::describe_counter!(
+        EMR_DELIVERIES,
+        "results sent to the EMR (FHIR push, HL7 v2 ORU), by destination and outcome"
     );
     ::metrics::describe_histogram!(
         HTTP_DURATION,
@@ -292,6 +298,12 @@ pub fn set_jobs(state: &str, count: i64) {
 pub fn set_findings(model: &str, label: &str, count: i64) {
     ::metrics::gauge!(FINDINGS, "model" => model.to_owned(), "label" => label.to_owned())
         .set(count as f64);
+}
+
+/// One send of a result to the EMR and how it ended.
+pub fn record_emr_delivery(destination: &str, outcome: &'static str) {
+    ::metrics::counter!(EMR_DELIVERIES, "destination" => destination.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 #[cfg(test)]

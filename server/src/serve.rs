@@ -73,6 +73,8 @@ pub struct Server {
     /// The HL7 v2 MLLP listener, when `[emr] mllp_port` is set.
     mllp: Option<(TcpListener, crate::emr::mllp::MllpConfig)>,
     mllp_addr: Option<SocketAddr>,
+    /// The senders of results to the EMR (`[emr.fhir_push]`, `[emr.hl7_out]`).
+    deliverer: crate::emr::deliver::Deliverer,
 }
 
 impl std::fmt::Debug for Server {
@@ -117,10 +119,17 @@ impl Server {
             .map_err(crate::infer::ModelsError::from)?;
         let models = Models::start(model_configs, device)?;
         let emr_config = crate::emr::EmrConfig::from_table(&settings.emr)
-            .map_err(|e| ServeError::Emr(format!("[emr]: {}", e.message())))?;
+            .map_err(|e| ServeError::Emr(format!("[emr]: {e}")))?;
         let emr = crate::emr::Emr::open(archive.clone(), emr_config.join.clone())
             .await
             .map_err(|e| ServeError::Emr(e.to_string()))?;
+        let deliverer = crate::emr::deliver::Deliverer::open(
+            archive.clone(),
+            models.clone(),
+            emr_config.delivery.clone(),
+        )
+        .await
+        .map_err(|e| ServeError::Emr(e.to_string()))?;
         let pipeline = Pipeline::new(archive.clone(), models, pipeline_config, &settings.routes)?
             .with_emr(emr.clone());
         let (dicom, dicom_addr) = listen("DICOM", settings.dicom.port).await?;
@@ -158,6 +167,7 @@ impl Server {
             emr,
             mllp,
             mllp_addr,
+            deliverer,
         })
     }
 
@@ -196,6 +206,7 @@ impl Server {
             http,
             emr,
             mllp,
+            deliverer,
             ..
         } = self;
         let (trigger, handle) = shutdown::channel();
@@ -219,6 +230,7 @@ impl Server {
         let max_body_bytes = usize::try_from(settings.http.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX);
         pipeline.start(handle.clone());
+        deliverer.start(handle.clone());
         let state = AppState::new(&settings, archive.clone()).with_pipeline(pipeline);
         let app = api::router(state, max_body_bytes);
         let mut http_stop = handle.clone();

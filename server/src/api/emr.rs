@@ -6,7 +6,10 @@
 //! - `POST /api/v1/emr/links` — resolve one by hand (audited);
 //! - `GET  /api/v1/emr/quality[?stale_days=N]` — the data-quality report;
 //! - `GET  /api/v1/studies/{uid}` — the study, its findings and EMR context;
-//! - `GET  /api/v1/patients/{id}/studies` — a patient's timeline.
+//! - `GET  /api/v1/patients/{id}/studies` — a patient's timeline;
+//! - `GET  /api/v1/emr/outbox[?state=&destination=&study=&limit=&offset=]` — results sent
+//!   (or being sent) to the EMR, with the destination's answer;
+//! - `POST /api/v1/emr/outbox/{id}/retry` — send one again now (audited).
 
 use std::collections::HashMap;
 
@@ -29,6 +32,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/emr/unmatched", get(unmatched))
         .route("/api/v1/emr/links", post(link))
         .route("/api/v1/emr/quality", get(quality))
+        .route("/api/v1/emr/outbox", get(outbox))
+        .route("/api/v1/emr/outbox/{id}/retry", post(retry_delivery))
         .route("/api/v1/studies/{study}", get(study))
         .route("/api/v1/patients/{patient}/studies", get(patient_studies))
 }
@@ -192,6 +197,108 @@ pub async fn quality(
         .await
         .map_err(store_error("building the quality report"))?;
     Ok(Json(report))
+}
+
+/// The most outbox rows one request lists.
+pub const MAX_OUTBOX_LIMIT: u32 = 1000;
+const OUTBOX_STATES: &[&str] = &["pending", "delivered", "failed"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxQuery {
+    state: Option<String>,
+    destination: Option<String>,
+    study: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/emr/outbox",
+    tag = "emr",
+    params(
+        ("state" = Option<String>, Query, description = "pending, delivered or failed"),
+        ("destination" = Option<String>, Query, description = "fhir or hl7"),
+        ("study" = Option<String>, Query, description = "Study Instance UID"),
+        ("limit" = Option<u32>, Query, description = "At most this many rows (default 100, at most 1000)"),
+        ("offset" = Option<u32>, Query, description = "Rows skipped"),
+    ),
+    responses(
+        (status = 200, description = "Results sent or queued for the EMR, newest first: state, attempts, last error, the destination's answer", content_type = "application/json"),
+        (status = 400, description = "Unknown parameter or value", content_type = "application/json"),
+    )
+)]
+pub async fn outbox(
+    State(state): State<AppState>,
+    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(s) = &query.state
+        && !OUTBOX_STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "state {s:?}: expected one of {}",
+            OUTBOX_STATES.join(", ")
+        )));
+    }
+    let destinations = [crate::emr::deliver::FHIR, crate::emr::deliver::HL7];
+    if let Some(d) = &query.destination
+        && !destinations.contains(&d.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "destination {d:?}: expected fhir or hl7"
+        )));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_OUTBOX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit}: expected 1 to {MAX_OUTBOX_LIMIT}"
+        )));
+    }
+    let entries = state
+        .archive
+        .outbox()
+        .list(&crate::store::outbox::OutboxFilter {
+            state: query.state,
+            destination: query.destination,
+            study_instance_uid: query.study,
+            limit,
+            offset: query.offset.unwrap_or(0),
+        })
+        .await
+        .map_err(store_error("reading the EMR outbox"))?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/emr/outbox/{id}/retry",
+    tag = "emr",
+    params(("id" = i64, Path, description = "Outbox row id")),
+    responses(
+        (status = 200, description = "The row, queued again with its attempts reset", content_type = "application/json"),
+        (status = 404, description = "No such row", content_type = "application/json"),
+    )
+)]
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let outbox = state.archive.outbox();
+    if !outbox
+        .requeue(id)
+        .await
+        .map_err(store_error("queueing the result again"))?
+    {
+        return Err(ApiError::not_found(format!("no outbox row {id}")));
+    }
+    let entry = outbox
+        .entry(id)
+        .await
+        .map_err(store_error("reading the outbox row"))?;
+    Ok(Json(json!(entry)))
 }
 
 #[utoipa::path(

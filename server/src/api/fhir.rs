@@ -26,13 +26,10 @@ use dicom_dictionary_std::tags;
 use serde_json::Value;
 
 use super::AppState;
-use crate::emr::fhir_out::{
-    self, EmrLink, FhirOutError, FindingSites, InstanceRef, JobResult, StudyContext,
-};
+use crate::emr::fhir_out::{self, FhirOutError, FindingSites, JobResult, StudyContext};
 use crate::emr::ingest::ORDER;
-use crate::emr::{EmrOrder, StudyFacts};
-use crate::store::jobs::JobFilter;
-use crate::store::{Condition, Include, MatchKey, Query as DicomQuery, QueryLevel, Scope};
+use crate::emr::{EmrOrder, report_source};
+use crate::store::{Condition, Include, MatchKey, Query as DicomQuery, QueryLevel};
 
 /// The most resources one search page returns (`_count` above it is lowered to it).
 pub const MAX_COUNT: usize = 500;
@@ -41,8 +38,6 @@ pub const DEFAULT_COUNT: usize = 50;
 /// The most studies one search looks at (a patient's whole history fits; a bound keeps a
 /// wild search from reading the whole archive).
 const MAX_STUDIES: u32 = 1000;
-/// The most jobs read per study.
-const MAX_JOBS: u32 = 1000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -198,104 +193,20 @@ fn reference_id<'a>(value: &'a str, resource_type: &str) -> Result<&'a str, Fhir
     }
 }
 
-/// Every served model's finding sites, by (model, label).
 fn finding_sites(state: &AppState) -> FindingSites {
-    let mut sites = FindingSites::new();
-    for model in state.models.list() {
-        for label in &model.manifest.output.labels {
-            if let Some(site) = &label.finding_site {
-                sites.insert((model.name.clone(), label.name.clone()), site.clone());
-            }
-        }
-    }
-    sites
+    report_source::finding_sites(&state.models)
 }
 
 async fn study_context(state: &AppState, study: &str) -> Result<Option<StudyContext>, FhirError> {
-    let emr = state.archive.emr();
-    let facts: Option<StudyFacts> = emr
-        .study_facts(Some(study))
+    report_source::study_context(&state.archive, study)
         .await
-        .map_err(store("reading the study"))?
-        .into_iter()
-        .next();
-    let Some(facts) = facts else {
-        return Ok(None);
-    };
-    let link = emr
-        .link(study)
-        .await
-        .map_err(store("reading the study's EMR link"))?
-        .filter(|l| l.state == "linked")
-        .and_then(|l| {
-            l.patient.map(|patient| EmrLink {
-                patient,
-                order: l.order,
-            })
-        });
-    Ok(Some(StudyContext { facts, link }))
+        .map_err(store("reading the study and its EMR link"))
 }
 
-/// The current results of a study, one per job.
 async fn job_results(state: &AppState, study: &str) -> Result<Vec<JobResult>, FhirError> {
-    let jobs = state.archive.jobs();
-    let all = jobs
-        .list(&JobFilter {
-            state: Some("done".into()),
-            study_instance_uid: Some(study.to_owned()),
-            model: None,
-            limit: MAX_JOBS,
-            offset: 0,
-        })
+    report_source::job_results(&state.archive, study)
         .await
-        .map_err(store("reading the study's jobs"))?;
-    let current = fhir_out::current_jobs(&all);
-    if current.is_empty() {
-        return Ok(Vec::new());
-    }
-    let findings = jobs
-        .findings(study, false)
-        .await
-        .map_err(store("reading the study's findings"))?;
-    // Series of the SR and SEG, for their WADO-RS URLs.
-    let wanted = |uid: &Option<String>| uid.as_ref().is_some();
-    let series: BTreeMap<String, String> = if current
-        .iter()
-        .any(|j| wanted(&j.sr_sop_instance_uid) || wanted(&j.seg_sop_instance_uid))
-    {
-        state
-            .archive
-            .locate(&Scope::Study {
-                study: study.to_owned(),
-            })
-            .await
-            .map_err(store("locating the study's instances"))?
-            .into_iter()
-            .map(|i| (i.sop_instance_uid, i.series_instance_uid))
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
-    let instance = |sop: &Option<String>| {
-        let sop = sop.as_ref()?;
-        series.get(sop).map(|s| InstanceRef {
-            series_instance_uid: s.clone(),
-            sop_instance_uid: sop.clone(),
-        })
-    };
-    Ok(current
-        .into_iter()
-        .map(|job| JobResult {
-            findings: findings
-                .iter()
-                .filter(|f| f.job_id == job.id)
-                .cloned()
-                .collect(),
-            sr: instance(&job.sr_sop_instance_uid),
-            seg: instance(&job.seg_sop_instance_uid),
-            job: job.clone(),
-        })
-        .collect())
+        .map_err(store("reading the study's results"))
 }
 
 /// The study holding the instance `sop` (an SR or SEG of ours, typically).

@@ -43,6 +43,8 @@ pub const SECURITY_SCHEME: &str = "bearer";
         super::emr::unmatched,
         super::emr::link,
         super::emr::quality,
+        super::emr::outbox,
+        super::emr::retry_delivery,
         super::emr::study,
         super::emr::patient_studies,
         super::fhir::search_reports,

@@ -128,6 +128,13 @@ pub static RULES: &[RouteRule] = &[
         Access::Roles(READERS),
         Some(AuditKind::Store),
     ),
+    // Sending a result to the EMR again is an operator's decision.
+    rule(
+        Verb::Write,
+        "/api/v1/emr/outbox",
+        Access::Roles(ADMIN),
+        Some(AuditKind::Store),
+    ),
     rule(
         Verb::Read,
         "/api/v1/emr",

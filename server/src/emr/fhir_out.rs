@@ -504,6 +504,42 @@ pub fn diagnostic_report(
     Ok((report, observations))
 }
 
+/// One result as a FHIR `transaction` Bundle for a FHIR server: its ImagingStudy,
+/// Observations and DiagnosticReport, each a `PUT Type/id` so that sending it again (a
+/// retry, or the study linked to its order later) updates rather than duplicates. `base` is
+/// the server's base URL (the entries' `fullUrl`s are under it). The EMR's own Patient and
+/// ServiceRequest are referenced, not sent.
+pub fn transaction(
+    base: &str,
+    study: &StudyContext,
+    result: &JobResult,
+    sites: &FindingSites,
+) -> Result<Value, FhirOutError> {
+    let (report, observations) = diagnostic_report(study, result, sites)?;
+    let base = base.trim_end_matches('/');
+    let entries: Vec<Value> = std::iter::once(imaging_study(study))
+        .chain(observations)
+        .chain(std::iter::once(report))
+        .map(|resource| {
+            let path = format!(
+                "{}/{}",
+                resource["resourceType"].as_str().unwrap_or_default(),
+                resource["id"].as_str().unwrap_or_default()
+            );
+            json!({
+                "fullUrl": format!("{base}/{path}"),
+                "resource": resource,
+                "request": { "method": "PUT", "url": path },
+            })
+        })
+        .collect();
+    Ok(json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": entries,
+    }))
+}
+
 /// The jobs whose results are current: finished (`done`), and for each (series, model)
 /// only the newest result version.
 pub fn current_jobs(jobs: &[JobRecord]) -> Vec<&JobRecord> {

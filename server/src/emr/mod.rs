@@ -11,22 +11,29 @@
 //!   and the data-quality report;
 //! - [`csv_import`]: `radserve emr import`, CSV (with a mapping), HL7 v2 and FHIR files;
 //! - [`hl7`]: HL7 v2 ADT and orders (ORM^O01, OMI^O23) parsed and mapped to the same
-//!   records, and [`mllp`]: the MLLP listener that takes them in.
+//!   records, and [`mllp`]: the MLLP listener that takes them in;
+//! - [`report_source`]: a study's current results and EMR link, as reports read them;
+//! - [`oru`]: findings out as HL7 v2 ORU^R01, and [`deliver`]: the senders that push each
+//!   result to a FHIR server and/or an HL7 v2 receiver, retried, their outcome recorded.
 
 pub mod csv_import;
+pub mod deliver;
 pub mod fhir;
 pub mod fhir_out;
 pub mod hl7;
 pub mod ingest;
 pub mod join;
 pub mod mllp;
+pub mod oru;
+pub mod report_source;
 
 pub use ingest::Emr;
 
 use serde::{Deserialize, Serialize};
 
 /// The `[emr]` table: the join's settings ([`join::JoinConfig`], at the same place:
-/// `patient_id_prefixes`, `date_window_days`) and the HL7 v2 listener's.
+/// `patient_id_prefixes`, `date_window_days`), the HL7 v2 listener's, and the senders of
+/// results (`[emr.fhir_push]`, `[emr.hl7_out]`, [`deliver::DeliveryConfig`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmrConfig {
     pub join: join::JoinConfig,
@@ -34,6 +41,8 @@ pub struct EmrConfig {
     pub mllp_port: Option<u16>,
     /// `max_message_bytes`: the largest HL7 v2 message accepted (default 1 MiB).
     pub max_message_bytes: usize,
+    /// Where results go (none by default).
+    pub delivery: deliver::DeliveryConfig,
 }
 
 impl Default for EmrConfig {
@@ -42,8 +51,18 @@ impl Default for EmrConfig {
             join: join::JoinConfig::default(),
             mllp_port: None,
             max_message_bytes: hl7::DEFAULT_MAX_MESSAGE_BYTES,
+            delivery: deliver::DeliveryConfig::default(),
         }
     }
+}
+
+/// Why the `[emr]` table was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EmrConfigError {
+    #[error("{}", .0.message())]
+    Toml(#[from] toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 #[derive(Deserialize)]
@@ -55,8 +74,12 @@ struct ListenerKeys {
 
 impl EmrConfig {
     /// Reads the `[emr]` table; unknown keys are refused.
-    pub fn from_table(table: &toml::Table) -> Result<EmrConfig, toml::de::Error> {
+    pub fn from_table(table: &toml::Table) -> Result<EmrConfig, EmrConfigError> {
         let mut join_keys = table.clone();
+        let fhir_push = join_keys.remove("fhir_push");
+        let hl7_out = join_keys.remove("hl7_out");
+        let delivery = deliver::DeliveryConfig::from_tables(fhir_push.as_ref(), hl7_out.as_ref())
+            .map_err(EmrConfigError::Invalid)?;
         let mut listener = toml::Table::new();
         for key in ["mllp_port", "max_message_bytes"] {
             if let Some(value) = join_keys.remove(key) {
@@ -72,6 +95,7 @@ impl EmrConfig {
                 .max_message_bytes
                 .unwrap_or(hl7::DEFAULT_MAX_MESSAGE_BYTES)
                 .max(64),
+            delivery,
         })
     }
 }

@@ -24,6 +24,7 @@ use super::index::{
     AuditRecord, Conflict, Index, InstanceRecord, NewToken, SqliteIndex, TokenRecord,
 };
 use super::jobs::JobStore;
+use super::outbox::OutboxStore;
 use super::query;
 use super::{
     ArchiveConfig, AttributeSet, DuplicatePolicy, PutError, PutOutcome, Query, Scope, Source,
@@ -46,6 +47,7 @@ struct Inner {
     index: Arc<dyn Index>,
     jobs: JobStore,
     emr: EmrStore,
+    outbox: OutboxStore,
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -127,6 +129,7 @@ impl Archive {
         let sqlite = SqliteIndex::open(&config.data_dir.join("index.sqlite")).await?;
         let jobs = JobStore::new(sqlite.pool());
         let emr = EmrStore::new(sqlite.pool());
+        let outbox = OutboxStore::new(sqlite.pool());
         let index: Arc<dyn Index> = Arc::new(sqlite);
         let tmp = tmp_dir.clone();
         let cleaned = tokio::task::spawn_blocking(move || clean_tmp(&tmp))
@@ -168,6 +171,7 @@ impl Archive {
                 index,
                 jobs,
                 emr,
+                outbox,
                 stripes,
             }),
         })
@@ -477,6 +481,11 @@ impl Archive {
     /// The EMR's tables: records and study links.
     pub fn emr(&self) -> &EmrStore {
         &self.inner.emr
+    }
+
+    /// Results queued for the EMR (FHIR push, HL7 v2 ORU^R01).
+    pub fn outbox(&self) -> &OutboxStore {
+        &self.inner.outbox
     }
 
     /// The data directory.

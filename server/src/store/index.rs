@@ -188,6 +188,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0002_pipeline.sql"),
     ),
     (3, "emr", include_str!("../../migrations/0003_emr.sql")),
+    (
+        4,
+        "emr outbox",
+        include_str!("../../migrations/0004_emr_outbox.sql"),
+    ),
 ];
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {

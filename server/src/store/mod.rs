@@ -20,6 +20,7 @@ pub mod charset;
 pub mod emr;
 pub mod index;
 pub mod jobs;
+pub mod outbox;
 pub mod query;
 #[cfg(test)]
 mod tests;

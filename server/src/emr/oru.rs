@@ -1,0 +1,314 @@
+//! Findings out as HL7 v2.5.1 ORU^R01, for sites whose EMR takes results by HL7 v2 rather
+//! than FHIR.
+//!
+//! One message per result (one job): PID (the EMR patient's identifiers when the study is
+//! linked, else the DICOM Patient ID), ORC and OBR with the order's placer and filler
+//! numbers and the accession number in OBR-18 (as IHE RAD-28 places it), then per finding
+//! an OBX with the probability (NM, its code in OBX-3, `A`/`N` in OBX-8, the model in
+//! OBX-17) followed by its measurements sharing the finding's OBX-4 sub-id, and last a TX
+//! conclusion and RP pointers to the SR and SEG. Results are preliminary (`P`): the model's,
+//! not a radiologist's. A result sent again because the study's EMR link changed is a
+//! correction (`C`).
+
+use super::fhir_out::{JobResult, StudyContext};
+use super::hl7::escape;
+use super::{EmrOrder, EmrPatient};
+use crate::results::Measurement;
+
+/// Who sends and who receives (MSH-3..6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parties {
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+}
+
+/// What one ORU^R01 is made of.
+#[derive(Debug, Clone)]
+pub struct OruInput<'a> {
+    pub study: &'a StudyContext,
+    pub result: &'a JobResult,
+    /// The EMR Patient and ServiceRequest of the link, when linked and stored.
+    pub patient: Option<&'a EmrPatient>,
+    pub order: Option<&'a EmrOrder>,
+    /// MSH-10: stable across retries of the same content, so a receiver can drop repeats.
+    pub control_id: &'a str,
+    /// 1 for the first version of the result; above, a correction.
+    pub revision: i64,
+    /// MSH-7 and OBR-22, `YYYYMMDDHHMMSS+ZZZZ`.
+    pub sent_at: &'a str,
+}
+
+/// A DICOM coding scheme designator as an HL7 coding system (table 0396 names where they
+/// exist).
+fn coding_system(scheme: &str) -> String {
+    match scheme.trim().to_ascii_uppercase().as_str() {
+        "SCT" | "SNM3" | "SRT" => "SCT".into(),
+        "LN" => "LN".into(),
+        "UCUM" => "UCUM".into(),
+        "DCM" => "DCM".into(),
+        other => escape(other),
+    }
+}
+
+/// A CWE `code^text^system`.
+fn cwe(scheme: &str, value: &str, meaning: &str) -> String {
+    format!(
+        "{}^{}^{}",
+        escape(value),
+        escape(meaning),
+        coding_system(scheme)
+    )
+}
+
+/// A number as HL7 NM: no exponent, no trailing noise.
+fn nm(value: f64) -> String {
+    let text = format!("{value:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text.is_empty() || text == "-" {
+        "0".into()
+    } else {
+        text.into()
+    }
+}
+
+/// FHIR gender to HL7 table 0001.
+fn sex(gender: Option<&str>, dicom_sex: &str) -> &'static str {
+    match gender.map(str::to_ascii_lowercase).as_deref() {
+        Some("male") => "M",
+        Some("female") => "F",
+        Some("other") => "O",
+        Some("unknown") => "U",
+        _ => match dicom_sex.trim() {
+            "M" => "M",
+            "F" => "F",
+            "O" => "O",
+            _ => "",
+        },
+    }
+}
+
+/// An order identifier of the given v2-0203 type (`PLAC`, `FILL`), as EI `id^namespace`.
+fn order_number(order: Option<&EmrOrder>, type_code: &str) -> String {
+    let Some(order) = order else {
+        return String::new();
+    };
+    order
+        .identifiers
+        .iter()
+        .find(|i| i.type_code.as_deref() == Some(type_code))
+        .map(|i| {
+            let namespace = i
+                .system
+                .as_deref()
+                .map(|s| s.rsplit([':', '/']).next().unwrap_or(s))
+                .unwrap_or("");
+            if namespace.is_empty() {
+                escape(&i.value)
+            } else {
+                format!("{}^{}", escape(&i.value), escape(namespace))
+            }
+        })
+        .unwrap_or_default()
+}
+
+/// PID-3: the EMR patient's identifiers (`id^^^issuer^type`, repeated), else the DICOM
+/// Patient ID with its issuer.
+fn patient_identifiers(input: &OruInput<'_>) -> String {
+    if let Some(patient) = input.patient {
+        let ids: Vec<String> = patient
+            .identifiers
+            .iter()
+            .filter(|i| !i.value.trim().is_empty())
+            .map(|i| {
+                let issuer = i
+                    .system
+                    .as_deref()
+                    .map(|s| s.strip_prefix("urn:oid:").unwrap_or(s))
+                    .unwrap_or("");
+                format!(
+                    "{}^^^{}^{}",
+                    escape(i.value.trim()),
+                    escape(issuer),
+                    escape(i.type_code.as_deref().unwrap_or("MR"))
+                )
+            })
+            .collect();
+        if !ids.is_empty() {
+            return ids.join("~");
+        }
+    }
+    let facts = &input.study.facts;
+    format!(
+        "{}^^^{}^MR",
+        escape(facts.patient_id.trim()),
+        escape(facts.issuer_of_patient_id.trim())
+    )
+}
+
+/// PID-5: the EMR name, else the DICOM name's alphabetic group.
+fn patient_name(input: &OruInput<'_>) -> String {
+    if let Some(name) = input.patient.and_then(|p| p.names.first()) {
+        return format!(
+            "{}^{}",
+            escape(name.family.as_deref().unwrap_or("")),
+            escape(&name.given.join(" "))
+        );
+    }
+    let alphabetic = input
+        .study
+        .facts
+        .patient_name
+        .split('=')
+        .next()
+        .unwrap_or("");
+    alphabetic
+        .split('^')
+        .take(5)
+        .map(escape)
+        .collect::<Vec<_>>()
+        .join("^")
+}
+
+/// The ORU^R01 message, segments ending in `\r` (UTF-8, declared in MSH-18).
+pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
+    let facts = &input.study.facts;
+    let job = &input.result.job;
+    let status = if input.revision > 1 { "C" } else { "P" };
+    let mut out = format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{}||ORU^R01^ORU_R01|{}|P|2.5.1||||||UNICODE UTF-8\r",
+        escape(&parties.sending_application),
+        escape(&parties.sending_facility),
+        escape(&parties.receiving_application),
+        escape(&parties.receiving_facility),
+        input.sent_at,
+        escape(input.control_id),
+    );
+    let birth = input
+        .patient
+        .and_then(|p| p.birth_date.as_deref())
+        .map(|d| d.replace('-', ""))
+        .unwrap_or_else(|| facts.patient_birth_date.trim().to_owned());
+    out.push_str(&format!(
+        "PID|1||{}||{}||{}|{}\r",
+        patient_identifiers(input),
+        patient_name(input),
+        escape(&birth),
+        sex(
+            input.patient.and_then(|p| p.gender.as_deref()),
+            &facts.patient_sex
+        ),
+    ));
+    let placer = order_number(input.order, "PLAC");
+    let filler = order_number(input.order, "FILL");
+    out.push_str(&format!("ORC|RE|{placer}|{filler}||CM\r"));
+    let service = match input.order.and_then(|o| o.code.as_deref().map(|c| (o, c))) {
+        Some((order, code)) => format!(
+            "{}^{}^{}",
+            escape(code),
+            escape(order.code_display.as_deref().unwrap_or("")),
+            match order.code_system.as_deref() {
+                Some("http://loinc.org") => "LN".to_string(),
+                Some(s) if s.contains("radlex") => "RADLEX".to_string(),
+                Some(s) => escape(s.rsplit([':', '/']).next().unwrap_or(s)),
+                None => String::new(),
+            }
+        ),
+        None => "18748-4^Diagnostic imaging study^LN".into(),
+    };
+    let observed = facts.study_date.trim();
+    out.push_str(&format!(
+        "OBR|1|{placer}|{filler}|{service}|||{}|||||||||||{}||||{}|||{status}\r",
+        escape(observed),
+        escape(facts.accession_number.trim()),
+        input.sent_at,
+    ));
+
+    let mut set_id = 0usize;
+    let mut obx = |value_type: &str, identifier: String, sub: &str, value: String, rest: &str| {
+        set_id += 1;
+        out.push_str(&format!(
+            "OBX|{set_id}|{value_type}|{identifier}|{sub}|{value}{rest}\r"
+        ));
+    };
+    let mut positives = Vec::new();
+    let mut model = job.model.clone();
+    let findings = input
+        .result
+        .findings
+        .iter()
+        .filter(|f| f.job_id == job.id && !f.superseded);
+    for (n, finding) in findings.enumerate() {
+        let f = &finding.finding;
+        let sub = (n + 1).to_string();
+        model = format!("{} {}", finding.model, finding.model_version);
+        let method = format!(
+            "{}^{}^99RADSERVE",
+            escape(&finding.model),
+            escape(&format!(
+                "AI model {} {}",
+                finding.model, finding.model_version
+            ))
+        );
+        let flag = if f.positive { "A" } else { "N" };
+        if f.positive {
+            positives.push(format!("{} ({:.2})", f.code_meaning, f.probability));
+        }
+        // OBX-6 units, OBX-8 flag, OBX-11 status, OBX-17 method.
+        obx(
+            "NM",
+            cwe(&f.code_scheme, &f.code_value, &f.code_meaning),
+            &sub,
+            nm(f.probability),
+            &format!("|1^probability^UCUM||{flag}|||{status}||||||{method}"),
+        );
+        let measurements: Vec<Measurement> =
+            serde_json::from_value(f.measurements.clone()).unwrap_or_default();
+        for m in measurements.iter().filter(|m| m.value.is_finite()) {
+            obx(
+                "NM",
+                cwe(&m.concept.scheme, &m.concept.value, &m.concept.meaning),
+                &sub,
+                nm(m.value),
+                &format!(
+                    "|{}||||{status}||||||{method}",
+                    cwe(&m.unit.scheme, &m.unit.value, &m.unit.meaning)
+                ),
+            );
+        }
+    }
+    let conclusion = if positives.is_empty() {
+        format!(
+            "AI model {model}: no positive findings. Preliminary, not verified by a radiologist."
+        )
+    } else {
+        format!(
+            "AI model {model}: {}. Preliminary, not verified by a radiologist.",
+            positives.join("; ")
+        )
+    };
+    obx(
+        "TX",
+        "18782-3^Radiology Study observation (narrative)^LN".into(),
+        "",
+        escape(&conclusion),
+        &format!("||||||{status}"),
+    );
+    for (instance, title) in [
+        (&input.result.sr, "DICOM SR"),
+        (&input.result.seg, "DICOM SEG"),
+    ] {
+        if let Some(instance) = instance {
+            let url = super::fhir_out::wado_path(&facts.study_instance_uid, instance);
+            obx(
+                "RP",
+                format!("{}^{}^99RADSERVE", escape(title), escape(title)),
+                "",
+                format!("{}^^application^dicom", escape(&url)),
+                &format!("||||||{status}"),
+            );
+        }
+    }
+    out
+}
