@@ -583,14 +583,14 @@ pub fn operation_outcome(code: &str, diagnostics: &str) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::jobs::{FindingRow, Priority};
     use std::path::PathBuf;
 
-    const STUDY: &str = "1.2.826.0.1.3680043.8.498.1";
+    pub(crate) const STUDY: &str = "1.2.826.0.1.3680043.8.498.1";
 
-    fn facts() -> StudyFacts {
+    pub(crate) fn facts() -> StudyFacts {
         StudyFacts {
             study_instance_uid: STUDY.into(),
             accession_number: "ACC123".into(),
@@ -604,7 +604,7 @@ mod tests {
         }
     }
 
-    fn linked() -> StudyContext {
+    pub(crate) fn linked() -> StudyContext {
         StudyContext {
             facts: facts(),
             link: Some(EmrLink {
@@ -614,14 +614,14 @@ mod tests {
         }
     }
 
-    fn unlinked() -> StudyContext {
+    pub(crate) fn unlinked() -> StudyContext {
         StudyContext {
             facts: facts(),
             link: None,
         }
     }
 
-    fn job(id: i64, series: &str, model: &str, version: i64) -> JobRecord {
+    pub(crate) fn job(id: i64, series: &str, model: &str, version: i64) -> JobRecord {
         JobRecord {
             id,
             study_instance_uid: STUDY.into(),
@@ -643,7 +643,7 @@ mod tests {
         }
     }
 
-    fn stored(job: &JobRecord, row: FindingRow) -> StoredFinding {
+    pub(crate) fn stored(job: &JobRecord, row: FindingRow) -> StoredFinding {
         StoredFinding {
             id: 1,
             job_id: job.id,
@@ -660,7 +660,7 @@ mod tests {
     }
 
     /// A segmentation finding with measurements (as ct-lung-nodule writes them).
-    fn nodule(job: &JobRecord) -> StoredFinding {
+    pub(crate) fn nodule(job: &JobRecord) -> StoredFinding {
         stored(
             job,
             FindingRow {
@@ -687,7 +687,7 @@ mod tests {
     }
 
     /// Classification findings (as chest-xray-findings writes them): one positive, one not.
-    fn classification(job: &JobRecord) -> Vec<StoredFinding> {
+    pub(crate) fn classification(job: &JobRecord) -> Vec<StoredFinding> {
         let row = |label: &str, code: &str, meaning: &str, p: f64, uid: &str| FindingRow {
             label: label.into(),
             code_scheme: "SCT".into(),

@@ -89,7 +89,20 @@ fn sex(gender: Option<&str>, dicom_sex: &str) -> &'static str {
     }
 }
 
-/// An order identifier of the given v2-0203 type (`PLAC`, `FILL`), as EI `id^namespace`.
+/// An identifier's system as HL7's (namespace, universal id, universal id type): an OID
+/// as `ISO`, another URI as `URI` (HD and EI carry it that way).
+fn assigner(system: Option<&str>) -> (String, String, &'static str) {
+    match system.map(str::trim).filter(|s| !s.is_empty()) {
+        None => (String::new(), String::new(), ""),
+        Some(s) => match s.strip_prefix("urn:oid:") {
+            Some(oid) => (String::new(), oid.to_owned(), "ISO"),
+            None => (String::new(), s.to_owned(), "URI"),
+        },
+    }
+}
+
+/// An order identifier of the given v2-0203 type (`PLAC`, `FILL`), as EI
+/// `id^namespace^universal id^type`.
 fn order_number(order: Option<&EmrOrder>, type_code: &str) -> String {
     let Some(order) = order else {
         return String::new();
@@ -99,22 +112,23 @@ fn order_number(order: Option<&EmrOrder>, type_code: &str) -> String {
         .iter()
         .find(|i| i.type_code.as_deref() == Some(type_code))
         .map(|i| {
-            let namespace = i
-                .system
-                .as_deref()
-                .map(|s| s.rsplit([':', '/']).next().unwrap_or(s))
-                .unwrap_or("");
-            if namespace.is_empty() {
+            let (namespace, universal, kind) = assigner(i.system.as_deref());
+            if universal.is_empty() {
                 escape(&i.value)
             } else {
-                format!("{}^{}", escape(&i.value), escape(namespace))
+                format!(
+                    "{}^{}^{}^{kind}",
+                    escape(&i.value),
+                    escape(&namespace),
+                    escape(&universal)
+                )
             }
         })
         .unwrap_or_default()
 }
 
-/// PID-3: the EMR patient's identifiers (`id^^^issuer^type`, repeated), else the DICOM
-/// Patient ID with its issuer.
+/// PID-3: the EMR patient's identifiers (CX `id^^^assigning authority^type`, repeated),
+/// else the DICOM Patient ID with its issuer.
 fn patient_identifiers(input: &OruInput<'_>) -> String {
     if let Some(patient) = input.patient {
         let ids: Vec<String> = patient
@@ -122,15 +136,15 @@ fn patient_identifiers(input: &OruInput<'_>) -> String {
             .iter()
             .filter(|i| !i.value.trim().is_empty())
             .map(|i| {
-                let issuer = i
-                    .system
-                    .as_deref()
-                    .map(|s| s.strip_prefix("urn:oid:").unwrap_or(s))
-                    .unwrap_or("");
+                let (namespace, universal, kind) = assigner(i.system.as_deref());
+                let authority = if universal.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}&{}&{kind}", escape(&namespace), escape(&universal))
+                };
                 format!(
-                    "{}^^^{}^{}",
+                    "{}^^^{authority}^{}",
                     escape(i.value.trim()),
-                    escape(issuer),
                     escape(i.type_code.as_deref().unwrap_or("MR"))
                 )
             })
@@ -263,8 +277,16 @@ pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
             nm(f.probability),
             &format!("|1^probability^UCUM||{flag}|||{status}||||||{method}"),
         );
-        let measurements: Vec<Measurement> =
-            serde_json::from_value(f.measurements.clone()).unwrap_or_default();
+        // Entry by entry: one malformed measurement does not hide the others.
+        let measurements: Vec<Measurement> = f
+            .measurements
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|m| serde_json::from_value(m.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         for m in measurements.iter().filter(|m| m.value.is_finite()) {
             obx(
                 "NM",
@@ -272,7 +294,7 @@ pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
                 &sub,
                 nm(m.value),
                 &format!(
-                    "|{}||||{status}||||||{method}",
+                    "|{}|||||{status}||||||{method}",
                     cwe(&m.unit.scheme, &m.unit.value, &m.unit.meaning)
                 ),
             );
@@ -311,4 +333,194 @@ pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emr::Identifier;
+    use crate::emr::fhir_out::tests::{classification, job, linked, nodule, unlinked};
+    use crate::emr::fhir_out::{InstanceRef, JobResult};
+    use crate::emr::hl7;
+
+    fn parties() -> Parties {
+        Parties {
+            sending_application: "RADSERVE".into(),
+            sending_facility: "IMG".into(),
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSP|1".into(),
+        }
+    }
+
+    fn order() -> EmrOrder {
+        EmrOrder {
+            id: "sr-9".into(),
+            identifiers: vec![
+                Identifier {
+                    system: Some("urn:oid:1.2.3.4".into()),
+                    value: "ORD-1".into(),
+                    type_code: Some("PLAC".into()),
+                },
+                Identifier {
+                    system: Some("http://ris.example/filler".into()),
+                    value: "F^9".into(),
+                    type_code: Some("FILL".into()),
+                },
+            ],
+            patient: Some("pat-1".into()),
+            encounter: None,
+            status: "active".into(),
+            code_system: Some("http://loinc.org".into()),
+            code: Some("36643-5".into()),
+            code_display: Some("XR Chest 2V".into()),
+            occurrence: None,
+            authored_on: None,
+            requester: None,
+            reason: None,
+        }
+    }
+
+    fn patient() -> EmrPatient {
+        EmrPatient {
+            id: "pat-1".into(),
+            identifiers: vec![Identifier {
+                system: Some("urn:oid:2.25.77".into()),
+                value: "MRN-77".into(),
+                type_code: Some("MR".into()),
+            }],
+            names: vec![crate::emr::HumanName {
+                family: Some("Doe".into()),
+                given: vec!["Jane".into()],
+                text: None,
+            }],
+            birth_date: Some("1970-01-01".into()),
+            gender: Some("female".into()),
+        }
+    }
+
+    #[test]
+    fn a_linked_result_carries_patient_order_accession_and_one_obx_group_per_finding() {
+        let j = job(7, "1.2.3", "ct-lung-nodule", 1);
+        let mut findings = vec![nodule(&j)];
+        findings.extend(classification(&j));
+        let result = JobResult {
+            job: j,
+            findings,
+            sr: Some(InstanceRef {
+                series_instance_uid: "2.25.8".into(),
+                sop_instance_uid: "2.25.71".into(),
+            }),
+            seg: None,
+        };
+        let (study, order, patient) = (linked(), order(), patient());
+        let text = oru_r01(
+            &OruInput {
+                study: &study,
+                result: &result,
+                patient: Some(&patient),
+                order: Some(&order),
+                control_id: "RS1R1",
+                revision: 1,
+                sent_at: "20261123120000+0000",
+            },
+            &parties(),
+        );
+        let message = hl7::parse(text.as_bytes(), 1 << 20).expect("our own parser reads it");
+        let header = message.header();
+        assert_eq!(
+            (header.message_type.as_str(), header.trigger.as_str()),
+            ("ORU", "R01")
+        );
+        assert_eq!(header.control_id, "RS1R1");
+        assert_eq!(header.version, "2.5.1");
+        let pid = message.segment("PID").unwrap();
+        assert_eq!(message.value(pid, 3, 1), "MRN-77");
+        assert_eq!(message.component(pid.raw(3), 4), "&2.25.77&ISO");
+        assert_eq!(message.value(pid, 5, 1), "Doe");
+        assert_eq!(message.value(pid, 7, 1), "19700101");
+        assert_eq!(message.value(pid, 8, 1), "F");
+        let orc = message.segment("ORC").unwrap();
+        assert_eq!(message.value(orc, 2, 1), "ORD-1");
+        assert_eq!(message.value(orc, 2, 3), "1.2.3.4");
+        // An escaped delimiter in the data comes back as the character.
+        assert_eq!(message.value(orc, 3, 1), "F^9");
+        let obr = message.segment("OBR").unwrap();
+        assert_eq!(message.value(obr, 2, 1), "ORD-1");
+        assert_eq!(message.value(obr, 4, 1), "36643-5");
+        assert_eq!(message.value(obr, 4, 3), "LN");
+        assert_eq!(message.value(obr, 18, 1), "ACC123");
+        assert_eq!(message.value(obr, 25, 1), "P");
+        let obx: Vec<_> = message.segments.iter().filter(|s| s.id == "OBX").collect();
+        // nodule + 3 valid measurements (the broken one is skipped), 2 classifications,
+        // conclusion, SR pointer.
+        assert_eq!(obx.len(), 1 + 3 + 2 + 1 + 1, "{text}");
+        assert_eq!(message.value(obx[0], 3, 1), "786838002");
+        assert_eq!(message.value(obx[0], 5, 1), "0.93");
+        assert_eq!(message.value(obx[0], 8, 1), "A");
+        assert_eq!(message.value(obx[0], 17, 1), "ct-lung-nodule");
+        assert_eq!(message.value(obx[1], 17, 1), "ct-lung-nodule");
+        assert_eq!(message.value(obx[1], 4, 1), message.value(obx[0], 4, 1));
+        assert_eq!(message.value(obx[1], 5, 1), "7.5");
+        assert_eq!(message.value(obx[1], 6, 1), "mm");
+        assert_eq!(message.value(obx[3], 6, 1), "[hnsf'U]");
+        assert_eq!(
+            message.value(obx[5], 8, 1),
+            "N",
+            "the 0.12 effusion is negative"
+        );
+        let ids: Vec<String> = obx.iter().map(|s| message.value(s, 1, 1)).collect();
+        let expected: Vec<String> = (1..=obx.len()).map(|n| n.to_string()).collect();
+        assert_eq!(ids, expected, "OBX-1 counts up");
+        assert_eq!(message.value(obx[6], 2, 1), "TX");
+        assert!(
+            message
+                .value(obx[6], 5, 1)
+                .contains("Pulmonary nodule (0.93)")
+        );
+        assert_eq!(message.value(obx[7], 2, 1), "RP");
+        assert!(message.value(obx[7], 5, 1).ends_with("/instances/2.25.71"));
+        assert!(obx.iter().all(|s| message.value(s, 11, 1) == "P"));
+        let msh = message.segment("MSH").unwrap();
+        assert_eq!(message.value(msh, 6, 1), "HOSP|1", "MSH-6 escaped");
+    }
+
+    #[test]
+    fn an_unlinked_result_uses_the_dicom_patient_and_a_resend_is_a_correction() {
+        let j = job(8, "1.2.3", "chest-xray-findings", 1);
+        let result = JobResult {
+            findings: classification(&j),
+            job: j,
+            sr: None,
+            seg: None,
+        };
+        let study = unlinked();
+        let text = oru_r01(
+            &OruInput {
+                study: &study,
+                result: &result,
+                patient: None,
+                order: None,
+                control_id: "RS2R2",
+                revision: 2,
+                sent_at: "20261123120000+0000",
+            },
+            &parties(),
+        );
+        let message = hl7::parse(text.as_bytes(), 1 << 20).unwrap();
+        let pid = message.segment("PID").unwrap();
+        assert_eq!(message.value(pid, 3, 1), "MRN-77");
+        assert_eq!(message.value(pid, 3, 4), "HOSP");
+        assert_eq!(message.value(pid, 5, 2), "JANE");
+        let obr = message.segment("OBR").unwrap();
+        assert_eq!(message.value(obr, 2, 1), "");
+        assert_eq!(message.value(obr, 4, 1), "18748-4");
+        assert_eq!(message.value(obr, 25, 1), "C");
+        assert!(
+            message
+                .segments
+                .iter()
+                .filter(|s| s.id == "OBX")
+                .all(|s| message.value(s, 11, 1) == "C")
+        );
+    }
 }
