@@ -10,7 +10,10 @@
 //! 2. **Patient identifier** ([`CONFIDENCE_PATIENT_ID_ORDER`] with an order,
 //!    [`CONFIDENCE_PATIENT_ID`] without): the PatientID, normalised
 //!    ([`normalise_patient_id`]: the EMR drops padding and adds prefixes), is exactly one
-//!    patient's MR identifier. The order is then that patient's one order that fits the
+//!    patient's MR identifier under the same issuer: the study's IssuerOfPatientID, mapped
+//!    to a FHIR identifier system by `[emr.issuers]` (or an OID / URI as it stands), must be
+//!    the identifier's `system` when both are known — `4127` at another hospital is another
+//!    person. An issuer known on one side only does not exclude. The order is then that patient's one order that fits the
 //!    study (date window, modality, no other accession number).
 //! 3. **Demographics** ([`CONFIDENCE_DEMOGRAPHICS`]): the name, compared in every script
 //!    and order the EMR writes it, plus birth date and sex when both sides have them; exactly
@@ -24,7 +27,7 @@
 //! → patients, name key → patients, patient → orders), built once in O(records), so that
 //! joining one study costs a handful of lookups and a scan of one patient's orders.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::NaiveDate;
 
@@ -55,6 +58,10 @@ pub struct JoinConfig {
     /// date (an order scheduled late in the evening may be done after midnight). Negative
     /// values count as 0.
     pub date_window_days: i64,
+    /// `[emr.issuers]`: DICOM IssuerOfPatientID → the FHIR identifier system of the same
+    /// assigning authority (`"HOSP-A" = "urn:oid:1.2.3"`). An issuer that is itself an OID
+    /// or a URI needs no entry; one that is neither and has no entry is not compared.
+    pub issuers: BTreeMap<String, String>,
 }
 
 impl Default for JoinConfig {
@@ -62,8 +69,32 @@ impl Default for JoinConfig {
         JoinConfig {
             patient_id_prefixes: vec!["MRN".into(), "H-".into(), "H".into()],
             date_window_days: 1,
+            issuers: BTreeMap::new(),
         }
     }
+}
+
+/// The FHIR identifier system of a DICOM IssuerOfPatientID, when it can be known.
+pub fn issuer_system(issuer: &str, config: &JoinConfig) -> Option<String> {
+    let issuer = issuer.trim();
+    if issuer.is_empty() {
+        return None;
+    }
+    if let Some(system) = config.issuers.get(issuer) {
+        return Some(system.trim().to_owned());
+    }
+    let is_oid = issuer.split('.').count() > 1
+        && issuer
+            .split('.')
+            .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
+    if is_oid {
+        return Some(format!("urn:oid:{issuer}"));
+    }
+    if issuer.starts_with("urn:") || issuer.starts_with("http://") || issuer.starts_with("https://")
+    {
+        return Some(issuer.to_owned());
+    }
+    None
 }
 
 /// The result of joining one study.
@@ -328,6 +359,8 @@ struct IndexedPatient {
     id: String,
     /// Raw MR identifier values (for a join run with other prefixes than the index's).
     mr_values: Vec<String>,
+    /// Their systems (the issuer), in the same order.
+    mr_systems: Vec<Option<String>>,
     /// The same, normalised with the index's prefixes.
     mr_keys: Vec<String>,
     /// FHIR `date` with its dashes removed (`1980`, `198005`, `19800512`).
@@ -395,18 +428,25 @@ impl EmrIndex {
                 continue;
             }
             let slot = index.patients.len();
-            let mr_values: Vec<String> = p
+            // An identifier without a type is taken as the record number: many EMRs leave
+            // the type out of their one local identifier.
+            let (mr_values, mr_systems): (Vec<String>, Vec<Option<String>>) = p
                 .identifiers
                 .iter()
-                // An identifier without a type is taken as the record number: many EMRs
-                // leave the type out of their one local identifier.
                 .filter(|id| {
                     id.type_code
                         .as_deref()
                         .is_none_or(|t| t.eq_ignore_ascii_case(MEDICAL_RECORD))
                 })
-                .map(|id| id.value.clone())
-                .collect();
+                .map(|id| {
+                    let system = id
+                        .system
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty());
+                    (id.value.clone(), system.map(str::to_owned))
+                })
+                .unzip();
             let mut mr_keys: Vec<String> = mr_values
                 .iter()
                 .map(|v| normalise_patient_id(v, config))
@@ -432,6 +472,7 @@ impl EmrIndex {
             index.patients.push(IndexedPatient {
                 id: p.id.clone(),
                 mr_values,
+                mr_systems,
                 mr_keys,
                 birth_date: p
                     .birth_date
@@ -499,6 +540,27 @@ impl EmrIndex {
         (0..self.patients.len())
             .filter(|&i| self.patient_has_id(i, key, config))
             .collect()
+    }
+
+    /// Whether the patient's identifier `key` can be the study's, issuers considered: some
+    /// MR identifier with that key has no system, or the study's issuer is unknown, or they
+    /// are the same.
+    fn issuer_fits(
+        &self,
+        patient: usize,
+        key: &str,
+        study_system: Option<&str>,
+        config: &JoinConfig,
+    ) -> bool {
+        let Some(study_system) = study_system else {
+            return true;
+        };
+        let p = &self.patients[patient];
+        p.mr_values
+            .iter()
+            .zip(&p.mr_systems)
+            .filter(|(v, _)| normalise_patient_id(v, config) == key)
+            .any(|(_, system)| system.as_deref().is_none_or(|s| s == study_system))
     }
 
     fn patient_has_id(&self, patient: usize, key: &str, config: &JoinConfig) -> bool {
@@ -750,8 +812,21 @@ fn by_patient_id(
         notes.push("the study has no patient id".into());
         return None;
     }
-    let found = index.patients_with_id(&s.id_key, config);
+    let study_system = issuer_system(&s.facts.issuer_of_patient_id, config);
+    let (found, other_issuer): (Vec<usize>, Vec<usize>) = index
+        .patients_with_id(&s.id_key, config)
+        .into_iter()
+        .partition(|&p| index.issuer_fits(p, &s.id_key, study_system.as_deref(), config));
     match found.as_slice() {
+        [] if !other_issuer.is_empty() => {
+            notes.push(format!(
+                "patient id {:?} is on {} EMR patient(s) under another issuer than {:?}",
+                s.facts.patient_id,
+                other_issuer.len(),
+                s.facts.issuer_of_patient_id.trim()
+            ));
+            None
+        }
         [] => {
             notes.push(format!(
                 "patient id {:?} (normalised {:?}) is no EMR patient's",

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::fhir::{ParsedBundle, parse_bundle};
 use super::join::{
-    EmrIndex, JoinConfig, JoinOutcome, join_study, names_match, normalise_patient_id,
+    EmrIndex, JoinConfig, JoinOutcome, issuer_system, join_study, names_match, normalise_patient_id,
 };
 use super::{HumanName, MatchMethod, StudyFacts};
 
@@ -142,7 +142,14 @@ impl Tally {
 /// Joins every study of every set (after `alter`), and scores it against the truth;
 /// `order_counts` says whether a link must also name the right order to be correct.
 fn evaluate(alter: impl Fn(&mut StudyFacts), order_counts: bool) -> Tally {
-    let config = JoinConfig::default();
+    // The generator's issuer, as a site would map it: the identifier step compares issuers.
+    let config = JoinConfig {
+        issuers: BTreeMap::from([(
+            dicom_samples::patient::PATIENT_ID_ISSUER.to_string(),
+            dicom_samples::patient::PATIENT_ID_SYSTEM.to_string(),
+        )]),
+        ..JoinConfig::default()
+    };
     let mut tally = Tally::default();
     for set in sample_sets() {
         assert!(
@@ -554,6 +561,84 @@ fn an_accession_on_two_patients_is_ambiguous() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_same_patient_id_under_another_issuer_is_another_person() {
+    let mut other = patient_entry("p-2", "4127", "Rossi", "Luca", Some("1970-01-01"));
+    other["resource"]["identifier"][0]["system"] = json!("urn:oid:9.9.9");
+    let parsed = parse_bundle(&bundle(vec![
+        patient_entry("p-1", "4127", "Müller", "Hans", Some("1960-05-12")),
+        other,
+    ]))
+    .expect("bundle");
+    let index = EmrIndex::new(&parsed.patients, &parsed.orders);
+    let mut s = study("1.2.3", "", "00004127", "Müller^Hans", "19600512");
+    // No issuer known on the study: both patients hold the number, so review.
+    let config = JoinConfig::default();
+    assert!(matches!(
+        join_study(&s, &index, &config),
+        JoinOutcome::Ambiguous { candidates, .. } if candidates.len() == 2
+    ));
+    // The issuer, mapped to the system p-1's number is under, picks p-1 alone.
+    s.issuer_of_patient_id = "HOSP-A".into();
+    let mapped = JoinConfig {
+        issuers: BTreeMap::from([("HOSP-A".to_string(), "urn:oid:1.2.3".to_string())]),
+        ..JoinConfig::default()
+    };
+    assert!(matches!(
+        join_study(&s, &index, &mapped),
+        JoinOutcome::Linked(l) if l.patient == "p-1" && l.method == MatchMethod::PatientId
+    ));
+    // An issuer that is itself the OID of p-2's system picks p-2 by identifier, even
+    // though the study's name is p-1's: identifiers decide before names, and the birth
+    // date is p-2's.
+    s.issuer_of_patient_id = "9.9.9".into();
+    s.patient_name = "Rossi^Luca".into();
+    s.patient_birth_date = "19700101".into();
+    assert!(matches!(
+        join_study(&s, &index, &config),
+        JoinOutcome::Linked(l) if l.patient == "p-2" && l.method == MatchMethod::PatientId
+    ));
+    // An issuer neither patient's number is under: not by identifier; the demographics
+    // step may still find the person (here p-2 by name and birth date).
+    s.issuer_of_patient_id = "urn:oid:5.5.5".into();
+    match join_study(&s, &index, &config) {
+        JoinOutcome::Linked(l) => {
+            assert_eq!(l.method, MatchMethod::Demographics);
+            assert_eq!(l.patient, "p-2");
+        }
+        other => panic!("{other:?}"),
+    }
+    // An unmapped local name is not comparable: as if absent.
+    s.issuer_of_patient_id = "SOMEWHERE".into();
+    assert!(matches!(
+        join_study(&s, &index, &config),
+        JoinOutcome::Ambiguous { .. }
+    ));
+}
+
+#[test]
+fn issuers_map_to_fhir_systems() {
+    let config = JoinConfig {
+        issuers: BTreeMap::from([("HOSP".to_string(), " urn:oid:1.2.3 ".to_string())]),
+        ..JoinConfig::default()
+    };
+    assert_eq!(
+        issuer_system("HOSP", &config).as_deref(),
+        Some("urn:oid:1.2.3")
+    );
+    assert_eq!(
+        issuer_system(" 1.2.840.1 ", &config).as_deref(),
+        Some("urn:oid:1.2.840.1")
+    );
+    assert_eq!(
+        issuer_system("https://hosp.example/mrn", &config).as_deref(),
+        Some("https://hosp.example/mrn")
+    );
+    assert_eq!(issuer_system("HOSP-B", &config), None);
+    assert_eq!(issuer_system("1.", &config), None);
+    assert_eq!(issuer_system("", &config), None);
 }
 
 #[test]
