@@ -294,22 +294,22 @@ impl EmrStore {
         patient: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredLink>, StoreError> {
+        // The states go in as one JSON array, so the filter and the bound stay in SQL.
+        let states = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
         let rows = sqlx::query(&format!(
-            "SELECT {LINK_COLUMNS} FROM study_links WHERE (?1 IS NULL OR patient = ?1) ORDER BY linked_at, study_instance_uid"
+            "SELECT {LINK_COLUMNS} FROM study_links WHERE (?1 IS NULL OR patient = ?1) \
+             AND state IN (SELECT value FROM json_each(?2)) \
+             ORDER BY linked_at, study_instance_uid LIMIT ?3"
         ))
         .bind(patient)
+        .bind(states)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut links = Vec::new();
-        for row in &rows {
-            let link = link_from_row(row)?;
-            if states.contains(&link.state.as_str()) {
-                links.push(link);
-                if links.len() >= limit as usize {
-                    break;
-                }
-            }
-        }
+        let links = rows
+            .iter()
+            .map(link_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(links)
     }
 }
