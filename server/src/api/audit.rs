@@ -2,12 +2,11 @@
 //! route table in [`crate::auth::routes`] enforces the role).
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::ApiError;
+use super::{ApiError, ApiQuery, bounded_limit};
 use crate::auth::Auth;
 use crate::store::AuditRecord;
 
@@ -75,19 +74,9 @@ pub struct AuditPage {
 )]
 pub async fn list(
     State(auth): State<Auth>,
-    params: Result<Query<AuditParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        message: format!("invalid query: {}", e.body_text()),
-    })?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("limit must be from 1 to {MAX_LIMIT}, not {limit}"),
-        });
-    }
+    let limit = bounded_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let offset = params.offset.unwrap_or(0);
     let records = auth
         .archive()

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, ApiQuery, AppState, bounded_limit, one_of};
 use crate::emr::ingest::{ENCOUNTER, IngestError, ORDER, PATIENT};
 use crate::emr::{Emr, EmrEncounter, EmrOrder, EmrPatient};
 
@@ -183,9 +183,8 @@ pub struct QualityQuery {
 )]
 pub async fn quality(
     State(state): State<AppState>,
-    query: Result<Query<QualityQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<QualityQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let days = query.stale_days.unwrap_or(7);
     if !(0..=36_500).contains(&days) {
         return Err(ApiError::bad_request(format!(
@@ -231,31 +230,15 @@ pub struct OutboxQuery {
 )]
 pub async fn outbox(
     State(state): State<AppState>,
-    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<OutboxQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if let Some(s) = &query.state
-        && !OUTBOX_STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "state {s:?}: expected one of {}",
-            OUTBOX_STATES.join(", ")
-        )));
-    }
-    let destinations = [crate::emr::deliver::FHIR, crate::emr::deliver::HL7];
-    if let Some(d) = &query.destination
-        && !destinations.contains(&d.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "destination {d:?}: expected fhir or hl7"
-        )));
-    }
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_OUTBOX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit {limit}: expected 1 to {MAX_OUTBOX_LIMIT}"
-        )));
-    }
+    one_of("state", query.state.as_deref(), OUTBOX_STATES)?;
+    one_of(
+        "destination",
+        query.destination.as_deref(),
+        &[crate::emr::deliver::FHIR, crate::emr::deliver::HL7],
+    )?;
+    let limit = bounded_limit(query.limit, 100, MAX_OUTBOX_LIMIT)?;
     let entries = state
         .archive
         .outbox()

@@ -111,6 +111,52 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// A query string read into `T`; one that does not fit is a 400 with our JSON error saying
+/// why (axum's own rejection is plain text).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(query)| ApiQuery(query))
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// A list's `limit`: `default` when absent, else within 1..=`max`.
+pub fn bounded_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "limit {limit}: expected 1 to {max}"
+        )))
+    }
+}
+
+/// A filter `name` that must be one of `allowed` when given.
+pub fn one_of(name: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(ApiError::bad_request(format!(
+            "{name} {v:?}: expected one of {}",
+            allowed.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// An error answered as `{"error": message}` with its status.
 #[derive(Debug)]
 pub struct ApiError {

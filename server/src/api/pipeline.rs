@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, ApiQuery, AppState, bounded_limit, one_of};
 use crate::infer::{CancelFlag, ModelState};
 use crate::pipeline::analyse::{Admission, AnalysisError, analyse};
 use crate::pipeline::decode::decode_instance;
@@ -234,23 +234,10 @@ pub struct JobsQuery {
 )]
 pub async fn jobs(
     State(state): State<AppState>,
-    query: Result<Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if let Some(s) = &query.state
-        && !JOB_STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "state {s:?}: expected one of {}",
-            JOB_STATES.join(", ")
-        )));
-    }
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_JOBS_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit {limit}: expected 1 to {MAX_JOBS_LIMIT}"
-        )));
-    }
+    one_of("state", query.state.as_deref(), &JOB_STATES)?;
+    let limit = bounded_limit(query.limit, 100, MAX_JOBS_LIMIT)?;
     let store = state.archive.jobs();
     let list = store
         .list(&JobFilter {
