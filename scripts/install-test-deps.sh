@@ -9,7 +9,8 @@
 #   software Vulkan driver the wgpu tests run on), cmake (charls-sys builds the bundled CharLS
 #   JPEG-LS codec with it when radserve is compiled), and the Python packages pydicom and
 #   highdicom (scripts/results/read_with_highdicom.py reads our SR and SEG back with it), and
-#   jsonschema (scripts/fhir/validate.py checks our FHIR output against HL7's R4 schema).
+#   jsonschema (scripts/fhir/validate.py checks our FHIR output against HL7's R4 schema), and
+#   hl7apy (scripts/emr/oru_receiver.py parses our HL7 v2 ORU^R01 strictly with it).
 # Sourced or run by scripts/test.sh; safe to run again (it installs only what is missing).
 set -euo pipefail
 
@@ -63,4 +64,11 @@ if ! $build_only && ! python3 -c "import jsonschema" >/dev/null 2>&1; then
     echo "install-test-deps: installing jsonschema" >&2
     python3 -m pip install --quiet --disable-pip-version-check "jsonschema>=4,<5" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "jsonschema>=4,<5"
+fi
+
+# hl7apy: the independent HL7 v2 implementation that checks our ORU^R01 (scripts/emr/oru_receiver.py).
+if ! $build_only && ! python3 -c "import hl7apy" >/dev/null 2>&1; then
+    echo "install-test-deps: installing hl7apy" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "hl7apy>=1.3,<2" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "hl7apy>=1.3,<2"
 fi

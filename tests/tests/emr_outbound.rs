@@ -244,10 +244,31 @@ fn results_reach_a_fhir_server_and_an_hl7_receiver_and_follow_the_link() {
         hl7_records.iter().skip(1).all(|r| r["ack"] == "AA"),
         "hl7apy refused an ORU: {hl7_records:#?}"
     );
-    assert!(
-        first.iter().any(|e| e["attempts"].as_i64() >= Some(2)),
-        "the refused sends were retried: {first:#?}"
-    );
+    // The refused sends (of whichever study came first) were retried and delivered.
+    let mut all_jobs = 0;
+    for pair in truth["pairs"].as_array().unwrap() {
+        let uid = pair["study_instance_uid"].as_str().unwrap();
+        all_jobs += wait_for_study_jobs(&server, uid, TOKEN, TIMEOUT)["jobs"]
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let everything = loop {
+        let entries = outbox(&server, "");
+        if entries.len() == 2 * all_jobs && entries.iter().all(|e| e["state"] == "delivered") {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "not all delivered: {entries:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for destination in ["fhir", "hl7"] {
+        assert!(
+            everything
+                .iter()
+                .any(|e| e["destination"] == destination && e["attempts"].as_i64() >= Some(2)),
+            "the refused {destination} send was retried: {everything:#?}"
+        );
+    }
     for entry in &first {
         let answer = entry["response"].as_str().unwrap_or_default();
         match entry["destination"].as_str() {
@@ -350,6 +371,18 @@ fn results_reach_a_fhir_server_and_an_hl7_receiver_and_follow_the_link() {
         assert!(Instant::now() < deadline, "not sent again: {entry}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Everything sent, linked or not, passed the receivers' validation.
+    let fhir_records = fhir.records();
+    assert!(
+        fhir_records.iter().skip(1).all(|r| r["status"] == 200),
+        "{fhir_records:#?}"
+    );
+    let hl7_records = hl7.records();
+    assert!(
+        hl7_records.iter().skip(1).all(|r| r["ack"] == "AA"),
+        "{hl7_records:#?}"
+    );
+
     let mut response = http_client()
         .post(&server.url("/api/v1/emr/outbox/999999/retry"))
         .header("Authorization", format!("Bearer {TOKEN}"))

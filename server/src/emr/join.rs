@@ -74,6 +74,14 @@ impl Default for JoinConfig {
     }
 }
 
+/// Whether `text` is an OID (dot-separated numbers, at least two arcs).
+pub fn is_oid(text: &str) -> bool {
+    text.split('.').count() > 1
+        && text
+            .split('.')
+            .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The FHIR identifier system of a DICOM IssuerOfPatientID, when it can be known.
 pub fn issuer_system(issuer: &str, config: &JoinConfig) -> Option<String> {
     let issuer = issuer.trim();
@@ -83,11 +91,7 @@ pub fn issuer_system(issuer: &str, config: &JoinConfig) -> Option<String> {
     if let Some(system) = config.issuers.get(issuer) {
         return Some(system.trim().to_owned());
     }
-    let is_oid = issuer.split('.').count() > 1
-        && issuer
-            .split('.')
-            .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
-    if is_oid {
+    if is_oid(issuer) {
         return Some(format!("urn:oid:{issuer}"));
     }
     if issuer.starts_with("urn:") || issuer.starts_with("http://") || issuer.starts_with("https://")

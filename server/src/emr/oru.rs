@@ -12,6 +12,7 @@
 
 use super::fhir_out::{JobResult, StudyContext};
 use super::hl7::escape;
+use super::join::is_oid;
 use super::{EmrOrder, EmrPatient};
 use crate::results::Measurement;
 
@@ -153,12 +154,29 @@ fn patient_identifiers(input: &OruInput<'_>) -> String {
             return ids.join("~");
         }
     }
+    // The DICOM issuer as the assigning authority's universal id (HD-2, long enough where
+    // the namespace id HD-1 stops at 20 characters): an OID as ISO, a URI as URI, a local
+    // name as L.
     let facts = &input.study.facts;
-    format!(
-        "{}^^^{}^MR",
-        escape(facts.patient_id.trim()),
-        escape(facts.issuer_of_patient_id.trim())
-    )
+    let issuer = facts.issuer_of_patient_id.trim();
+    let authority = if issuer.is_empty() {
+        String::new()
+    } else {
+        let kind = if is_oid(issuer) {
+            "ISO"
+        } else if issuer.contains(':') {
+            "URI"
+        } else {
+            "L"
+        };
+        format!("&{}&{kind}", escape(issuer))
+    };
+    format!("{}^^^{authority}^MR", escape(facts.patient_id.trim()))
+}
+
+/// A CWE identifier (CWE-1): HL7 v2.5.1 allows 20 characters; the full text goes in CWE-2.
+fn cwe_identifier(text: &str) -> String {
+    escape(&text.chars().take(20).collect::<String>())
 }
 
 /// PID-5: the EMR name, else the DICOM name's alphabetic group.
@@ -259,7 +277,7 @@ pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
         model = format!("{} {}", finding.model, finding.model_version);
         let method = format!(
             "{}^{}^99RADSERVE",
-            escape(&finding.model),
+            cwe_identifier(&finding.model),
             escape(&format!(
                 "AI model {} {}",
                 finding.model, finding.model_version
@@ -509,7 +527,7 @@ mod tests {
         let message = hl7::parse(text.as_bytes(), 1 << 20).unwrap();
         let pid = message.segment("PID").unwrap();
         assert_eq!(message.value(pid, 3, 1), "MRN-77");
-        assert_eq!(message.value(pid, 3, 4), "HOSP");
+        assert_eq!(message.component(pid.raw(3), 4), "&HOSP&L");
         assert_eq!(message.value(pid, 5, 2), "JANE");
         let obr = message.segment("OBR").unwrap();
         assert_eq!(message.value(obr, 2, 1), "");
