@@ -92,26 +92,54 @@ pub struct SegmentationMetrics {
     pub min_diameter_mm: f64,
 }
 
-/// Runs the nodule segmenter slice by slice on `scans` phantoms drawn from `seed`.
+/// One held-out scan as the segmenter saw it: every component it produced (only the
+/// package's minimum volume applied, so that other component rules can be tried on the
+/// same run) and the truth.
+#[derive(Debug, Clone)]
+pub struct SegmentedScan {
+    pub components: Vec<postprocess::NoduleMeasurement>,
+    pub truth: Vec<dicom_samples::ground_truth::NoduleTruth>,
+}
+
+/// Runs the nodule segmenter slice by slice on `scans` phantoms drawn from `seed`, scores
+/// it with the package's component rules ([`crate::package::OutputSpec::component_options`]).
 pub fn evaluate_segmenter(
     model: &LoadedModel,
     seed: u64,
     scans: usize,
 ) -> Result<SegmentationMetrics, EvaluateError> {
-    let (slices, min_diameter_mm) = (synthetic::CT_SLICES, DETECTION_MIN_DIAMETER_MM);
+    let options = model.package.manifest.output.component_options();
+    let (segmented, overlap) = segment_scans(model, seed, scans)?;
+    Ok(score_detection(
+        &segmented,
+        overlap.dice().unwrap_or(0.0),
+        options.min_lung_border_fraction,
+    ))
+}
+
+/// The segmenter's components and the truth of `scans` phantoms from `seed`, and the voxel
+/// overlap of its masks with the truth.
+pub fn segment_scans(
+    model: &LoadedModel,
+    seed: u64,
+    scans: usize,
+) -> Result<(Vec<SegmentedScan>, Overlap), EvaluateError> {
+    let slices = synthetic::CT_SLICES;
     let manifest = &model.package.manifest;
     let [target_rows, target_columns] = manifest.input.target_size;
     let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
+    let options = ComponentOptions {
+        min_lung_border_fraction: 0.0,
+        ..manifest.output.component_options()
+    };
     let mut overlap = Overlap::default();
-    let (mut nodules, mut hits, mut false_positives, mut scanned) =
-        (0usize, 0usize, 0usize, 0usize);
+    let mut segmented = Vec::with_capacity(scans);
     let mut scan_seed = seed;
-    while scanned < scans {
+    while segmented.len() < scans {
         scan_seed += 1;
         let Some(phantom) = synthetic::ct_phantom(scan_seed, slices) else {
             continue;
         };
-        scanned += 1;
         let g = &phantom.geometry;
         let (rows, columns) = (g.rows as usize, g.columns as usize);
         let mut predicted = Vec::with_capacity(rows * columns * g.slices);
@@ -154,40 +182,61 @@ pub fn evaluate_segmenter(
             mask: &predicted,
             hu: &hu,
         };
-        let found = postprocess::measure_nodules(
-            &volume,
-            &ComponentOptions {
-                min_volume_mm3: 10.0,
-            },
-        )?;
-        let truth = phantom.nodule_truth();
-        // A component hits a nodule when its centre lies within the nodule's radius + 2 mm.
-        let hits_nodule = |centre: [f64; 3], n: &dicom_samples::ground_truth::NoduleTruth| {
-            let d: f64 = (0..3)
-                .map(|k| (centre[k] - n.center_mm[k]).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            d <= n.diameter_mm / 2.0 + 2.0
-        };
-        for n in truth.iter().filter(|n| n.diameter_mm >= min_diameter_mm) {
+        segmented.push(SegmentedScan {
+            components: postprocess::measure_nodules(&volume, &options)?,
+            truth: phantom.nodule_truth(),
+        });
+    }
+    Ok((segmented, overlap))
+}
+
+/// A component hits a nodule when its centre lies within the nodule's radius + 2 mm.
+pub fn hits_nodule(centre: [f64; 3], nodule: &dicom_samples::ground_truth::NoduleTruth) -> bool {
+    let d: f64 = (0..3)
+        .map(|k| (centre[k] - nodule.center_mm[k]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    d <= nodule.diameter_mm / 2.0 + 2.0
+}
+
+/// Detection sensitivity (nodules ≥ [`DETECTION_MIN_DIAMETER_MM`]) and false positives per
+/// scan, keeping the components whose lung border fraction is at least `min_lung_border`.
+pub fn score_detection(
+    segmented: &[SegmentedScan],
+    dice: f64,
+    min_lung_border: f64,
+) -> SegmentationMetrics {
+    let min_diameter_mm = DETECTION_MIN_DIAMETER_MM;
+    let (mut nodules, mut hits, mut false_positives) = (0usize, 0usize, 0usize);
+    for scan in segmented {
+        let found: Vec<_> = scan
+            .components
+            .iter()
+            .filter(|c| c.lung_border_fraction >= min_lung_border)
+            .collect();
+        for n in scan
+            .truth
+            .iter()
+            .filter(|n| n.diameter_mm >= min_diameter_mm)
+        {
             nodules += 1;
             hits += usize::from(found.iter().any(|c| hits_nodule(c.center_mm, n)));
         }
         false_positives += found
             .iter()
-            .filter(|c| !truth.iter().any(|n| hits_nodule(c.center_mm, n)))
+            .filter(|c| !scan.truth.iter().any(|n| hits_nodule(c.center_mm, n)))
             .count();
     }
-    Ok(SegmentationMetrics {
-        scans: scanned,
+    SegmentationMetrics {
+        scans: segmented.len(),
         nodules,
-        dice: overlap.dice().unwrap_or(0.0),
+        dice,
         sensitivity: if nodules == 0 {
             1.0
         } else {
             hits as f64 / nodules as f64
         },
-        false_positives_per_scan: false_positives as f64 / scanned.max(1) as f64,
+        false_positives_per_scan: false_positives as f64 / segmented.len().max(1) as f64,
         min_diameter_mm,
-    })
+    }
 }

@@ -97,6 +97,24 @@ pub struct Normalisation {
 pub struct OutputSpec {
     pub kind: OutputTask,
     pub labels: Vec<LabelSpec>,
+    /// Segmentation: how the mask's connected components become findings (`[output.components]`);
+    /// absent, components of at least [`DEFAULT_MIN_COMPONENT_VOLUME_MM3`] are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<crate::postprocess::ComponentOptions>,
+}
+
+/// Components smaller than this (mm³) are specks, when the package says nothing.
+pub const DEFAULT_MIN_COMPONENT_VOLUME_MM3: f64 = 10.0;
+
+impl OutputSpec {
+    /// The component rules in force: the package's, else the default minimum volume.
+    pub fn component_options(&self) -> crate::postprocess::ComponentOptions {
+        self.components
+            .unwrap_or(crate::postprocess::ComponentOptions {
+                min_volume_mm3: DEFAULT_MIN_COMPONENT_VOLUME_MM3,
+                min_lung_border_fraction: 0.0,
+            })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +330,25 @@ fn validate(manifest: &Manifest, path: &Path) -> Result<(), PackageError> {
             return Err(spec(format!(
                 "label `{}`: coding scheme `{}` is not SCT or RADLEX",
                 label.name, label.code.scheme
+            )));
+        }
+    }
+    if let Some(c) = &manifest.output.components {
+        if manifest.output.kind != OutputTask::Segmentation {
+            return Err(spec(
+                "output.components applies to segmentation models only".into(),
+            ));
+        }
+        if !(c.min_volume_mm3.is_finite() && c.min_volume_mm3 >= 0.0) {
+            return Err(spec(format!(
+                "output.components.min_volume_mm3 {} must be finite and not negative",
+                c.min_volume_mm3
+            )));
+        }
+        if !(0.0..=1.0).contains(&c.min_lung_border_fraction) {
+            return Err(spec(format!(
+                "output.components.min_lung_border_fraction {} must be within 0 and 1",
+                c.min_lung_border_fraction
             )));
         }
     }

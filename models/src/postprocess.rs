@@ -74,7 +74,8 @@ pub struct MaskVolume<'a> {
     /// Slice-major, then row-major: `mask[(slice · rows + row) · columns + column]`;
     /// nonzero is foreground.
     pub mask: &'a [u8],
-    /// Hounsfield units in the same layout as `mask`. Only voxels under the mask are read.
+    /// Hounsfield units in the same layout as `mask`: the voxels under the mask (which must be
+    /// finite) and their in-plane neighbours (the lung border; a non-finite one is not lung).
     pub hu: &'a [f32],
 }
 
@@ -95,14 +96,28 @@ pub struct NoduleMeasurement {
     pub slice_range: [usize; 2],
     /// Number of mask voxels in the component.
     pub voxel_count: usize,
+    /// Of the background voxels that touch the component in-plane (its border, counted
+    /// once per touching side), the share that is aerated lung (below
+    /// [`LUNG_HU_BELOW`]). A lung nodule sits in the lung, so most of its border is air; a
+    /// component inside the mediastinum or chest wall has none.
+    #[serde(default)]
+    pub lung_border_fraction: f64,
 }
+
+/// Hounsfield units below which a voxel counts as aerated lung.
+pub const LUNG_HU_BELOW: f32 = -400.0;
 
 /// How components become nodules.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ComponentOptions {
     /// Components smaller than this (mm³) are specks, not nodules, and are dropped.
     /// Must be finite and not negative; 0 keeps every component.
     pub min_volume_mm3: f64,
+    /// Components whose [`NoduleMeasurement::lung_border_fraction`] is below this are
+    /// outside the lung and dropped. In 0..=1; 0 keeps every component.
+    #[serde(default)]
+    pub min_lung_border_fraction: f64,
 }
 
 impl Default for ComponentOptions {
@@ -110,6 +125,7 @@ impl Default for ComponentOptions {
     fn default() -> Self {
         ComponentOptions {
             min_volume_mm3: 0.0,
+            min_lung_border_fraction: 0.0,
         }
     }
 }
@@ -167,6 +183,8 @@ pub enum PostprocessError {
     },
     #[error("minimum volume {0} mm³ must be finite and not negative")]
     MinVolume(f64),
+    #[error("minimum lung border fraction {0} must be within 0 and 1")]
+    MinLungBorder(f64),
     #[error(
         "slice {slice}, row {row}, column {column}: HU value {value} under the mask is not finite"
     )]
@@ -211,6 +229,10 @@ pub fn measure_nodules(
     if !(min_volume.is_finite() && min_volume >= 0.0) {
         return Err(PostprocessError::MinVolume(min_volume));
     }
+    let min_lung = options.min_lung_border_fraction;
+    if !(0.0..=1.0).contains(&min_lung) {
+        return Err(PostprocessError::MinLungBorder(min_lung));
+    }
     let (rows, columns) = (volume.rows, volume.columns);
     let voxels = checked_voxel_count(rows, columns, volume.slices.len())?;
     check_length("mask", voxels, volume.mask.len())?;
@@ -244,14 +266,31 @@ pub fn measure_nodules(
                     value: hu,
                 });
             }
-            totals[label as usize - 1].add(k, frame, row, column, f64::from(hu));
+            let component = &mut totals[label as usize - 1];
+            component.add(k, frame, row, column, f64::from(hu));
+            // The in-plane neighbours outside any component: the border, and how much of
+            // it is lung.
+            let neighbours = [
+                (row > 0).then(|| offset - columns),
+                (row + 1 < rows).then(|| offset + columns),
+                (column > 0).then(|| offset - 1),
+                (column + 1 < columns).then(|| offset + 1),
+            ];
+            for n in neighbours.into_iter().flatten() {
+                if label_plane[n] == 0 {
+                    component.border_samples += 1;
+                    component.lung_border_samples +=
+                        usize::from(hu_planes[given][n] < LUNG_HU_BELOW);
+                }
+            }
         }
     }
 
     // Index 0 is the background label, never kept.
     let mut keep = vec![false; count as usize + 1];
     for (index, component) in totals.iter().enumerate() {
-        keep[index + 1] = component.volume_mm3 >= min_volume;
+        keep[index + 1] =
+            component.volume_mm3 >= min_volume && component.lung_border_fraction() >= min_lung;
     }
     let diameters = longest_axial_diameters(&stack, &labels, rows, columns, &keep, &totals);
 
@@ -274,6 +313,7 @@ pub fn measure_nodules(
                 mean_hu: component.weighted_hu / component.volume_mm3,
                 slice_range: [ends[0].min(ends[1]), ends[0].max(ends[1])],
                 voxel_count: component.voxel_count,
+                lung_border_fraction: component.lung_border_fraction(),
             }
         })
         .collect();
@@ -521,9 +561,19 @@ struct ComponentTotals {
     weighted_hu: f64,
     first_sorted_slice: usize,
     last_sorted_slice: usize,
+    border_samples: usize,
+    lung_border_samples: usize,
 }
 
 impl ComponentTotals {
+    fn lung_border_fraction(&self) -> f64 {
+        if self.border_samples == 0 {
+            0.0
+        } else {
+            self.lung_border_samples as f64 / self.border_samples as f64
+        }
+    }
+
     fn add(&mut self, sorted_slice: usize, frame: &SliceFrame, row: usize, column: usize, hu: f64) {
         if self.voxel_count == 0 {
             self.first_sorted_slice = sorted_slice;
@@ -690,6 +740,54 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
+    #[test]
+    fn components_outside_the_lung_are_dropped_by_their_border() {
+        // Two 2×2×2 blobs: one in lung (background −850 HU), one in soft tissue at 40 HU,
+        // its border half lung half tissue on one side.
+        let mut stack = Stack::axial(12, 12, &[0.0, 1.0], [1.0, 1.0]);
+        for slice in 0..2 {
+            for (r, c) in [(2, 2), (2, 3), (3, 2), (3, 3)] {
+                stack.set(slice, r, c, 30.0);
+            }
+        }
+        for slice in 0..2 {
+            for row in 6..12 {
+                for column in 6..12 {
+                    let index = (slice * 12 + row) * 12 + column;
+                    stack.hu[index] = 40.0;
+                }
+            }
+            for (r, c) in [(8, 8), (8, 9), (9, 8), (9, 9)] {
+                stack.set(slice, r, c, 40.0);
+            }
+        }
+        let all = measure_nodules(&stack.volume(), &ComponentOptions::default()).unwrap();
+        assert_eq!(all.len(), 2);
+        let mut fractions: Vec<f64> = all.iter().map(|n| n.lung_border_fraction).collect();
+        fractions.sort_by(f64::total_cmp);
+        assert_eq!(fractions, [0.0, 1.0]);
+        let options = ComponentOptions {
+            min_lung_border_fraction: 0.4,
+            ..ComponentOptions::default()
+        };
+        let kept = measure_nodules(&stack.volume(), &options).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(
+            kept[0].center_mm[0] < -35.0,
+            "the lung blob stays: {kept:?}"
+        );
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let options = ComponentOptions {
+                min_lung_border_fraction: bad,
+                ..ComponentOptions::default()
+            };
+            assert!(matches!(
+                measure_nodules(&stack.volume(), &options),
+                Err(PostprocessError::MinLungBorder(_))
+            ));
+        }
+    }
+
     /// A hand-built stack: axial slices at the given z, one pixel spacing for all.
     #[derive(Clone)]
     struct Stack {
@@ -758,7 +856,14 @@ mod tests {
     }
 
     fn measure(stack: &Stack, min_volume_mm3: f64) -> Vec<NoduleMeasurement> {
-        measure_nodules(&stack.volume(), &ComponentOptions { min_volume_mm3 }).unwrap()
+        measure_nodules(
+            &stack.volume(),
+            &ComponentOptions {
+                min_volume_mm3,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     fn assert_close(actual: f64, expected: f64, what: &str) {
@@ -1154,7 +1259,13 @@ mod tests {
 
         for min_volume_mm3 in [f64::NAN, -1.0, f64::INFINITY] {
             assert!(matches!(
-                measure_nodules(&base.volume(), &ComponentOptions { min_volume_mm3 }),
+                measure_nodules(
+                    &base.volume(),
+                    &ComponentOptions {
+                        min_volume_mm3,
+                        ..Default::default()
+                    }
+                ),
                 Err(PostprocessError::MinVolume(_))
             ));
         }

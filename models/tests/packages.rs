@@ -222,3 +222,50 @@ fn bad_inputs_are_errors_not_panics() {
         assert!(err.to_string().contains("takes f32 images"), "{err}");
     }
 }
+
+#[test]
+fn component_rules_are_read_from_the_package_and_checked() {
+    let dir = broken_copy("ct-lung-nodule");
+    edit_manifest(
+        dir.path(),
+        "[training]",
+        "[output.components]\nmin_volume_mm3 = 10.0\nmin_lung_border_fraction = 0.4\n\n[training]",
+    );
+    let package = ModelPackage::open(dir.path()).expect("a package with component rules opens");
+    let rules = package.manifest.output.component_options();
+    assert_eq!(rules.min_lung_border_fraction, 0.4);
+    assert_eq!(
+        load("ct-lung-nodule")
+            .package
+            .manifest
+            .output
+            .component_options()
+            .min_lung_border_fraction,
+        0.0,
+        "the demo package leaves the rule off"
+    );
+    for (bad, named) in [
+        (
+            "min_lung_border_fraction = 0.4",
+            "min_lung_border_fraction = 1.5",
+        ),
+        ("min_volume_mm3 = 10.0", "min_volume_mm3 = -1.0"),
+    ] {
+        let broken = broken_copy("ct-lung-nodule");
+        edit_manifest(
+            broken.path(),
+            "[training]",
+            "[output.components]\nmin_volume_mm3 = 10.0\nmin_lung_border_fraction = 0.4\n\n[training]",
+        );
+        edit_manifest(broken.path(), bad, named);
+        let err = load_error(broken.path());
+        assert!(
+            matches!(err, ModelError::Package(PackageError::Spec { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(named.split(' ').next().unwrap()),
+            "{err}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use radserve_models::package::{Manifest, OutputTask};
-use radserve_models::postprocess::{self, ComponentOptions, MaskVolume, SliceGeometry};
+use radserve_models::postprocess::{self, MaskVolume, SliceGeometry};
 use radserve_models::preprocess::{SourceImage, prepare, resize};
 use serde::Serialize;
 
@@ -14,9 +14,6 @@ use crate::infer::{Batcher, CancelFlag, ImageOutput, InferError};
 use crate::metrics;
 use crate::results::{CodedConcept, Finding, Measurement};
 use crate::store::Priority;
-
-/// Components smaller than this (mm³) are specks, not nodules (as in the model's evaluation).
-pub const MIN_NODULE_VOLUME_MM3: f64 = 10.0;
 
 /// How an analysis failed; the pipeline retries only [`AnalysisError::Transient`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -346,13 +343,8 @@ fn segmentation(
         hu: &hu,
     };
     let unsuitable = |e: postprocess::PostprocessError| AnalysisError::Unsuitable(e.to_string());
-    let nodules = postprocess::measure_nodules(
-        &volume,
-        &ComponentOptions {
-            min_volume_mm3: MIN_NODULE_VOLUME_MM3,
-        },
-    )
-    .map_err(unsuitable)?;
+    let nodules = postprocess::measure_nodules(&volume, &manifest.output.component_options())
+        .map_err(unsuitable)?;
     let (labels, _) =
         postprocess::label_components_3d(rows, columns, order.len(), &mask).map_err(unsuitable)?;
     // Each measured nodule is the component with its voxel count and slice range.
