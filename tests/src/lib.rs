@@ -430,6 +430,33 @@ pub fn generate_samples(out: &Path, generate_args: &[&str]) {
     assert!(status.success(), "dicom-samples generate failed ({status})");
 }
 
+/// A small EMR sample set: three radiograph studies of one patient (dicom-samples seed 13)
+/// written to `dir/generated`, with its EMR export (`emr_bundle.json`). Returns that
+/// directory, the true pairs (`true_pairs.json`) and the first pair that has an order.
+pub fn emr_sample_set(dir: &Path) -> (PathBuf, serde_json::Value, serde_json::Value) {
+    let generated = dir.join("generated");
+    let args = [
+        "--seed",
+        "13",
+        "--ct",
+        "0",
+        "--xray",
+        "3",
+        "--xray-size",
+        "256",
+    ];
+    generate_samples(&generated, &args);
+    let text = std::fs::read_to_string(generated.join("true_pairs.json"))
+        .expect("dicom-samples writes true_pairs.json");
+    let truth: serde_json::Value = serde_json::from_str(&text).expect("true pairs are JSON");
+    let pair = truth["pairs"]
+        .as_array()
+        .and_then(|pairs| pairs.iter().find(|p| p["service_request_id"].is_string()))
+        .expect("a study with an order")
+        .clone();
+    (generated, truth, pair)
+}
+
 /// Generates a synthetic sample set with dicom-samples (`generate_args` after
 /// `generate --out OUT/generated --quiet`) and its transfer-syntax variants with
 /// `make-transfer-syntax-variants.sh`; returns `(variant name, directory)`, sorted.

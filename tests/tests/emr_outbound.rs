@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use radserve_tests::{
-    RadServe, generate_samples, get_json_authorized, http_client, serve_with_config, storescu_dir,
+    RadServe, emr_sample_set, get_json_authorized, http_client, serve_with_config, storescu_dir,
     wait_for_study_jobs, workspace_root,
 };
 use serde_json::Value;
@@ -127,30 +127,7 @@ fn accepted_with(records: &[Value], reference: &str) -> Vec<Value> {
 #[test]
 fn results_reach_a_fhir_server_and_an_hl7_receiver_and_follow_the_link() {
     let dir = tempfile::tempdir().unwrap();
-    let generated = dir.path().join("generated");
-    generate_samples(
-        &generated,
-        &[
-            "--seed",
-            "13",
-            "--ct",
-            "0",
-            "--xray",
-            "3",
-            "--xray-size",
-            "256",
-        ],
-    );
-    let truth: Value =
-        serde_json::from_str(&std::fs::read_to_string(generated.join("true_pairs.json")).unwrap())
-            .unwrap();
-    let pair = truth["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["service_request_id"].is_string())
-        .expect("a study with an order")
-        .clone();
+    let (generated, truth, pair) = emr_sample_set(dir.path());
     let study = pair["study_instance_uid"].as_str().unwrap();
     let patient = pair["patient_resource_id"].as_str().unwrap();
     let order = pair["service_request_id"].as_str().unwrap();

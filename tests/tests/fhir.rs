@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use radserve_tests::{
-    RadServe, generate_samples, http_client, serve_with_config, storescu_dir, wait_for_study_jobs,
+    RadServe, emr_sample_set, http_client, serve_with_config, storescu_dir, wait_for_study_jobs,
     workspace_root,
 };
 use serde_json::Value;
@@ -91,31 +91,8 @@ fn entries(bundle: &Value) -> Vec<Value> {
 #[test]
 fn findings_come_out_as_valid_fhir_r4_tied_to_the_order() {
     let dir = tempfile::tempdir().unwrap();
-    let generated = dir.path().join("generated");
-    generate_samples(
-        &generated,
-        &[
-            "--seed",
-            "13",
-            "--ct",
-            "0",
-            "--xray",
-            "3",
-            "--xray-size",
-            "256",
-        ],
-    );
+    let (generated, _, pair) = emr_sample_set(dir.path());
     let bundle = std::fs::read(generated.join("emr_bundle.json")).unwrap();
-    let truth: Value =
-        serde_json::from_str(&std::fs::read_to_string(generated.join("true_pairs.json")).unwrap())
-            .unwrap();
-    let pair = truth["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["service_request_id"].is_string())
-        .expect("a study with an order")
-        .clone();
     let study = pair["study_instance_uid"].as_str().unwrap();
     let patient = pair["patient_resource_id"].as_str().unwrap();
     let order = pair["service_request_id"].as_str().unwrap();

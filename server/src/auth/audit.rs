@@ -269,13 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn dimse_finds_are_recorded_by_ae_title_and_level_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(crate::store::ArchiveConfig {
-            data_dir: dir.path().to_owned(),
-            duplicate_policy: Default::default(),
-        })
-        .await
-        .unwrap();
+        let (_dir, archive) = crate::store::temp_archive().await;
         let peer: std::net::SocketAddr = "10.1.2.3:4242".parse().unwrap();
         record_dimse_find(&archive, "PACS\n1 ", peer, "STUDY", "success")
             .await

@@ -335,7 +335,6 @@ fn audit_safe_path(path: &str, described: Option<&(String, String)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ArchiveConfig;
     use axum::Router;
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -387,13 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn middleware_authenticates_authorises_and_audits() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(ArchiveConfig {
-            data_dir: dir.path().to_owned(),
-            duplicate_policy: Default::default(),
-        })
-        .await
-        .unwrap();
+        let (_dir, archive) = crate::store::temp_archive().await;
         let clinician = token::create(&archive, Role::Clinician, "viewer-1")
             .await
             .unwrap();

@@ -112,7 +112,6 @@ mod tests {
     use super::*;
     use crate::config::{AeTitle, AllowedCaller};
     use crate::shutdown;
-    use crate::store::ArchiveConfig;
     use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
     use dicom_dictionary_std::{tags, uids};
     use dicom_object::InMemDicomObject;
@@ -149,13 +148,7 @@ mod tests {
 
     /// Starts the listener on a free port over an archive in a temporary directory.
     async fn start(settings: Arc<DicomSettings>) -> Running {
-        let data = tempfile::tempdir().unwrap();
-        let archive = Archive::open(ArchiveConfig {
-            data_dir: data.path().to_owned(),
-            duplicate_policy: Default::default(),
-        })
-        .await
-        .unwrap();
+        let (data, archive) = crate::store::temp_archive().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (trigger, handle) = shutdown::channel();

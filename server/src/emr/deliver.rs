@@ -115,6 +115,8 @@ impl DeliveryConfig {
 }
 
 /// The retry keys both sender tables have.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RetryKeys {
     max_attempts: Option<i64>,
     backoff_initial_s: Option<f64>,
@@ -127,10 +129,6 @@ struct RetryKeys {
 struct FhirPushKeys {
     url: String,
     bearer_token_file: Option<PathBuf>,
-    max_attempts: Option<i64>,
-    backoff_initial_s: Option<f64>,
-    backoff_max_s: Option<f64>,
-    timeout_s: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -142,10 +140,6 @@ struct Hl7OutKeys {
     sending_facility: Option<String>,
     receiving_application: Option<String>,
     receiving_facility: Option<String>,
-    max_attempts: Option<i64>,
-    backoff_initial_s: Option<f64>,
-    backoff_max_s: Option<f64>,
-    timeout_s: Option<f64>,
 }
 
 fn seconds(value: Option<f64>, default: f64, key: &str) -> Result<Duration, String> {
@@ -154,6 +148,34 @@ fn seconds(value: Option<f64>, default: f64, key: &str) -> Result<Duration, Stri
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{key} = {s}: expected a positive number of seconds"))
+}
+
+/// Splits a sender table into its own keys (`T`) and the retry keys, each checked for
+/// unknown names.
+fn sender_table<T: serde::de::DeserializeOwned>(
+    value: &toml::Value,
+    table: &str,
+) -> Result<(T, RetryPolicy, Duration), String> {
+    let mut own = value
+        .as_table()
+        .cloned()
+        .ok_or_else(|| format!("[{table}] must be a table"))?;
+    let mut retry = toml::Table::new();
+    for key in [
+        "max_attempts",
+        "backoff_initial_s",
+        "backoff_max_s",
+        "timeout_s",
+    ] {
+        if let Some(v) = own.remove(key) {
+            retry.insert(key.to_owned(), v);
+        }
+    }
+    let error = |e: toml::de::Error| format!("[{table}]: {}", e.message());
+    let keys: T = own.try_into().map_err(error)?;
+    let retry: RetryKeys = retry.try_into().map_err(error)?;
+    let (policy, timeout) = retry.policy(table)?;
+    Ok((keys, policy, timeout))
 }
 
 impl RetryKeys {
@@ -184,10 +206,7 @@ impl DeliveryConfig {
     ) -> Result<DeliveryConfig, String> {
         let fhir = fhir
             .map(|v| -> Result<FhirPush, String> {
-                let keys: FhirPushKeys = v
-                    .clone()
-                    .try_into()
-                    .map_err(|e: toml::de::Error| format!("[emr.fhir_push]: {}", e.message()))?;
+                let (keys, retry, timeout) = sender_table::<FhirPushKeys>(v, "emr.fhir_push")?;
                 url_scheme(&keys.url)
                     .filter(|s| *s == "http" || *s == "https")
                     .ok_or_else(|| {
@@ -201,13 +220,6 @@ impl DeliveryConfig {
                     .as_deref()
                     .map(read_token)
                     .transpose()?;
-                let (retry, timeout) = RetryKeys {
-                    max_attempts: keys.max_attempts,
-                    backoff_initial_s: keys.backoff_initial_s,
-                    backoff_max_s: keys.backoff_max_s,
-                    timeout_s: keys.timeout_s,
-                }
-                .policy("emr.fhir_push")?;
                 Ok(FhirPush {
                     url: keys.url.trim_end_matches('/').to_owned(),
                     bearer_token,
@@ -218,20 +230,10 @@ impl DeliveryConfig {
             .transpose()?;
         let hl7 = hl7
             .map(|v| -> Result<Hl7Out, String> {
-                let keys: Hl7OutKeys = v
-                    .clone()
-                    .try_into()
-                    .map_err(|e: toml::de::Error| format!("[emr.hl7_out]: {}", e.message()))?;
+                let (keys, retry, timeout) = sender_table::<Hl7OutKeys>(v, "emr.hl7_out")?;
                 if keys.host.trim().is_empty() || keys.port == 0 {
                     return Err("[emr.hl7_out] needs host and a non-zero port".into());
                 }
-                let (retry, timeout) = RetryKeys {
-                    max_attempts: keys.max_attempts,
-                    backoff_initial_s: keys.backoff_initial_s,
-                    backoff_max_s: keys.backoff_max_s,
-                    timeout_s: keys.timeout_s,
-                }
-                .policy("emr.hl7_out")?;
                 Ok(Hl7Out {
                     host: keys.host,
                     port: keys.port,

@@ -402,6 +402,21 @@ pub fn observation(
     Ok(Some(resource))
 }
 
+/// A result's one-line conclusion (a report's `conclusion`, an ORU's TX observation): the
+/// model and its positive findings, said to be preliminary.
+pub fn conclusion(model: &str, positives: &[String]) -> String {
+    if positives.is_empty() {
+        format!(
+            "AI model {model}: no positive findings. Preliminary, not verified by a radiologist."
+        )
+    } else {
+        format!(
+            "AI model {model}: {}. Preliminary, not verified by a radiologist.",
+            positives.join("; ")
+        )
+    }
+}
+
 /// The WADO-RS path of a stored instance (relative to the server's base URL).
 pub fn wado_path(study: &str, instance: &InstanceRef) -> String {
     format!(
@@ -438,16 +453,7 @@ pub fn diagnostic_report(
         Some(v) => format!("{} {v}", job.model),
         None => job.model.clone(),
     };
-    let conclusion = if positives.is_empty() {
-        format!(
-            "AI model {model}: no positive findings. Preliminary, not verified by a radiologist."
-        )
-    } else {
-        format!(
-            "AI model {model}: {}. Preliminary, not verified by a radiologist.",
-            positives.join("; ")
-        )
-    };
+    let conclusion = conclusion(&model, &positives);
     let mut identifiers = Vec::new();
     let mut forms = Vec::new();
     for (instance, title) in [

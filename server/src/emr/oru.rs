@@ -318,16 +318,7 @@ pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
             );
         }
     }
-    let conclusion = if positives.is_empty() {
-        format!(
-            "AI model {model}: no positive findings. Preliminary, not verified by a radiologist."
-        )
-    } else {
-        format!(
-            "AI model {model}: {}. Preliminary, not verified by a radiologist.",
-            positives.join("; ")
-        )
-    };
+    let conclusion = super::fhir_out::conclusion(&model, &positives);
     obx(
         "TX",
         "18782-3^Radiology Study observation (narrative)^LN".into(),

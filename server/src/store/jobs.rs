@@ -662,17 +662,10 @@ impl JobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Archive, ArchiveConfig};
     use std::time::Duration;
 
     async fn store() -> (tempfile::TempDir, JobStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(ArchiveConfig {
-            data_dir: dir.path().to_owned(),
-            duplicate_policy: Default::default(),
-        })
-        .await
-        .unwrap();
+        let (dir, archive) = crate::store::temp_archive().await;
         (dir, archive.jobs().clone())
     }
 

@@ -141,3 +141,17 @@ pub enum Scope {
         instance: String,
     },
 }
+
+/// An archive in a new temporary directory (kept while the returned guard lives), with the
+/// default settings: what unit tests store into.
+#[cfg(test)]
+pub(crate) async fn temp_archive() -> (tempfile::TempDir, Archive) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let archive = Archive::open(ArchiveConfig {
+        data_dir: dir.path().to_owned(),
+        duplicate_policy: Default::default(),
+    })
+    .await
+    .expect("archive opens");
+    (dir, archive)
+}

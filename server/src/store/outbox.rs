@@ -239,18 +239,8 @@ impl OutboxStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Archive, ArchiveConfig};
 
-    async fn archive() -> (tempfile::TempDir, Archive) {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(ArchiveConfig {
-            data_dir: dir.path().to_owned(),
-            duplicate_policy: Default::default(),
-        })
-        .await
-        .unwrap();
-        (dir, archive)
-    }
+    use crate::store::temp_archive as archive;
 
     /// A running job of `study`, then done (as `JobStore::complete` marks it).
     async fn finish_job(pool: &SqlitePool, study: &str) -> i64 {
