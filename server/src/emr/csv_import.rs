@@ -27,16 +27,7 @@ pub const MAX_ROWS: usize = 2_000_000;
 /// Most row errors kept (and printed) in full; the rest are only counted.
 pub const MAX_REPORTED_ERRORS: usize = 1_000;
 
-const GENDERS: &[&str] = &["male", "female", "other", "unknown"];
-const REQUEST_STATUSES: &[&str] = &[
-    "draft",
-    "active",
-    "on-hold",
-    "revoked",
-    "completed",
-    "entered-in-error",
-    "unknown",
-];
+use super::fhir::{GENDERS, REQUEST_STATUSES};
 
 /// The file or the mapping cannot be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +159,14 @@ pub struct OrderColumns {
     pub encounter: Option<String>,
 }
 
+/// The (key, column) pairs whose column is set.
+fn present<'a>(pairs: &[(&'static str, &'a Option<String>)]) -> Vec<(&'static str, &'a str)> {
+    pairs
+        .iter()
+        .filter_map(|&(k, c)| c.as_deref().map(|c| (k, c)))
+        .collect()
+}
+
 impl Mapping {
     /// Reads and checks a mapping file.
     pub fn load(path: &Path) -> Result<Mapping, ImportError> {
@@ -256,11 +255,7 @@ impl Mapping {
             ("patient.birth_date", &p.birth_date),
             ("patient.sex", &p.sex),
         ];
-        out.extend(
-            optional
-                .into_iter()
-                .filter_map(|(k, c)| c.as_deref().map(|c| (k, c))),
-        );
+        out.extend(present(&optional));
         if let Some(o) = &self.order {
             let optional = [
                 ("order.accession", &o.accession),
@@ -272,11 +267,7 @@ impl Mapping {
                 ("order.reason", &o.reason),
                 ("order.encounter", &o.encounter),
             ];
-            out.extend(
-                optional
-                    .into_iter()
-                    .filter_map(|(k, c)| c.as_deref().map(|c| (k, c))),
-            );
+            out.extend(present(&optional));
         }
         out
     }

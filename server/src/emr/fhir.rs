@@ -68,8 +68,8 @@ pub enum BundleError {
 /// response types describe other traffic, and a `document` or `message` needs its own
 /// processing rules.
 const BUNDLE_TYPES: &[&str] = &["transaction", "collection", "batch"];
-const GENDERS: &[&str] = &["male", "female", "other", "unknown"];
-const REQUEST_STATUSES: &[&str] = &[
+pub(crate) const GENDERS: &[&str] = &["male", "female", "other", "unknown"];
+pub(crate) const REQUEST_STATUSES: &[&str] = &[
     "draft",
     "active",
     "on-hold",
