@@ -325,6 +325,17 @@ fn results_reach_a_fhir_server_and_an_hl7_receiver_and_follow_the_link() {
     assert!(obx.iter().any(|o| o["value_type"] == "TX"));
     assert!(obx.iter().all(|o| o["status"] == "C"));
 
+    // The clinician's view of the study says where its results went.
+    let view = get_json_authorized(&server, &format!("/api/v1/studies/{study}"), TOKEN).1;
+    let deliveries = view["deliveries"].as_array().expect("deliveries listed");
+    assert_eq!(deliveries.len(), 2 * jobs.len(), "{view}");
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d["state"] == "delivered" && d["revision"] == 2),
+        "{deliveries:#?}"
+    );
+
     // 3. An operator sends one again by hand; it is delivered once more.
     let row = second[0]["id"].as_i64().unwrap();
     let mut response = http_client()

@@ -5,7 +5,8 @@
 //! - `GET  /api/v1/emr/unmatched` — studies the join left ambiguous or unmatched, with why;
 //! - `POST /api/v1/emr/links` — resolve one by hand (audited);
 //! - `GET  /api/v1/emr/quality[?stale_days=N]` — the data-quality report;
-//! - `GET  /api/v1/studies/{uid}` — the study, its findings and EMR context;
+//! - `GET  /api/v1/studies/{uid}` — the study, its findings, their deliveries to the EMR and
+//!   its EMR context;
 //! - `GET  /api/v1/patients/{id}/studies` — a patient's timeline;
 //! - `GET  /api/v1/emr/outbox[?state=&destination=&study=&limit=&offset=]` — results sent
 //!   (or being sent) to the EMR, with the destination's answer;
@@ -290,7 +291,7 @@ pub async fn retry_delivery(
     tag = "emr",
     params(("study" = String, Path, description = "StudyInstanceUID")),
     responses(
-        (status = 200, description = "The study, its current findings and its EMR context (link, patient, order with reason for exam, encounter)", content_type = "application/json"),
+        (status = 200, description = "The study, its current findings, their deliveries to the EMR (FHIR push, HL7 ORU) and its EMR context (link, patient, order with reason for exam, encounter)", content_type = "application/json"),
         (status = 404, description = "No such study", content_type = "application/json"),
     )
 )]
@@ -346,9 +347,21 @@ pub async fn study(
         .findings(&study, false)
         .await
         .map_err(store_error("reading findings"))?;
+    // Whether the results reached the EMR: one row per (destination, job).
+    let deliveries = state
+        .archive
+        .outbox()
+        .list(&crate::store::outbox::OutboxFilter {
+            study_instance_uid: Some(study.clone()),
+            limit: MAX_OUTBOX_LIMIT,
+            ..Default::default()
+        })
+        .await
+        .map_err(store_error("reading the EMR outbox"))?;
     Ok(Json(json!({
         "study": facts,
         "findings": findings,
+        "deliveries": deliveries,
         "emr": {
             "link": link,
             "patient": patient.map(|(p, v)| json!({"record": p, "version": v})),
