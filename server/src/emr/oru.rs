@@ -57,7 +57,7 @@ fn coding_system(scheme: &str) -> String {
 fn cwe(scheme: &str, value: &str, meaning: &str) -> String {
     format!(
         "{}^{}^{}",
-        escape(value),
+        cwe_identifier(value),
         escape(meaning),
         coding_system(scheme)
     )
@@ -238,7 +238,7 @@ pub fn oru_r01(input: &OruInput<'_>, parties: &Parties) -> String {
     let service = match input.order.and_then(|o| o.code.as_deref().map(|c| (o, c))) {
         Some((order, code)) => format!(
             "{}^{}^{}",
-            escape(code),
+            cwe_identifier(code),
             escape(order.code_display.as_deref().unwrap_or("")),
             match order.code_system.as_deref() {
                 Some("http://loinc.org") => "LN".to_string(),
