@@ -31,7 +31,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use cubecl::prelude::CubeElement;
 use radserve_benches::env_list;
 use radserve_kernels::model_input::preprocess_to_tensor;
-use radserve_kernels::{Frames, Intensity, Normalisation, Pixels, PreprocessSpec, VoiFunction};
+use radserve_kernels::{
+    Frames, Intensity, Normalisation, Pixels, PreprocessSpec, Resample, VoiFunction,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -55,6 +57,7 @@ fn spec() -> PreprocessSpec {
         },
         invert: false,
         target: [TARGET, TARGET],
+        resample: Resample::Bilinear,
         letterbox: false,
         normalisation: Normalisation::MeanStd {
             mean: MEAN,

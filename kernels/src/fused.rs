@@ -16,7 +16,8 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::spec::{
-    Frames, Intensity, PixelKind, Pixels, Plan, PreprocessError, PreprocessSpec, VoiFunction,
+    AxisFilter, Frames, Intensity, PixelKind, Pixels, Plan, PreprocessError, PreprocessSpec,
+    VoiFunction,
 };
 
 /// The intensity mapping, fixed when the kernel is compiled (one variant per mapping).
@@ -34,8 +35,8 @@ pub struct Variant {
     pub kind: PixelKind,
     pub mapping: Mapping,
     pub invert: bool,
-    pub antialias_rows: bool,
-    pub antialias_columns: bool,
+    pub row_filter: AxisFilter,
+    pub column_filter: AxisFilter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,32 +145,56 @@ fn mapped(words: &[u32], index: u32, factors: &[f32], #[comptime] variant: Varia
     )
 }
 
-/// First and last source index a filter centred on `centre` reads along one axis, the centre
-/// it is evaluated at, and the reciprocal of its half-width (`spec::axis_taps`, computed here).
+/// First and last source index a filter centred on `centre` reads along one axis, and the
+/// point it is evaluated at (`spec::axis_taps`, computed here).
 #[cube]
-#[allow(unused_assignments)]
+#[allow(unused_assignments, clippy::collapsible_else_if)]
 fn axis_window(
     centre: f32,
     scale: f32,
     last: u32,
-    #[comptime] antialias: bool,
-) -> (u32, u32, f32, f32) {
+    #[comptime] filter: AxisFilter,
+) -> (u32, u32, f32) {
     let last_f = f32::cast_from(last);
     let mut first = 0u32;
     let mut end = 0u32;
     let mut at = centre;
-    let mut inverse_half_width = 1.0f32;
-    if comptime!(antialias) {
+    if comptime!(filter == AxisFilter::Triangle) {
         first = u32::cast_from((centre - scale).floor().max(0.0f32));
         end = u32::cast_from((centre + scale).ceil().min(last_f));
-        inverse_half_width = 1.0f32 / scale;
     } else {
-        // Bilinear is the triangle of half-width 1 with the centre clamped to the image.
-        at = centre.clamp(0.0f32, last_f);
-        first = u32::cast_from(at.floor());
-        end = (first + 1u32).min(last);
+        if comptime!(filter == AxisFilter::Area) {
+            // As `spec::area_bounds`.
+            let start = centre + 0.5f32 - scale / 2.0f32;
+            end = u32::cast_from(((start + scale).ceil() - 1.0f32).max(0.0f32).min(last_f));
+            first = u32::cast_from(start.floor().max(0.0f32)).min(end);
+        } else {
+            // Bilinear is the triangle of half-width 1 with the centre clamped to the image.
+            at = centre.clamp(0.0f32, last_f);
+            first = u32::cast_from(at.floor());
+            end = (first + 1u32).min(last);
+        }
     }
-    (first, end, at, inverse_half_width)
+    (first, end, at)
+}
+
+/// The (unnormalised) weight of source index `i` for a filter evaluated at `at`.
+#[cube]
+#[allow(unused_assignments, clippy::collapsible_else_if)]
+fn tap_weight(i: f32, at: f32, scale: f32, #[comptime] filter: AxisFilter) -> f32 {
+    let mut weight = 0.0f32;
+    if comptime!(filter == AxisFilter::Triangle) {
+        weight = (1.0f32 - (i - at).abs() / scale).max(0.0f32);
+    } else {
+        if comptime!(filter == AxisFilter::Area) {
+            // As `spec::area_overlap`.
+            let start = at + 0.5f32 - scale / 2.0f32;
+            weight = ((start + scale).min(i + 1.0f32) - start.max(i)).max(0.0f32);
+        } else {
+            weight = (1.0f32 - (i - at).abs()).max(0.0f32);
+        }
+    }
+    weight
 }
 
 /// The 0..1 value of output pixel `position` (frame-major, then rows, then columns).
@@ -197,16 +222,19 @@ fn output_unit(
     if y >= shape[4] && y < shape[4] + shape[5] && x >= shape[6] && x < shape[6] + shape[7] {
         let row_centre = (f32::cast_from(y - shape[4]) + 0.5f32) * factors[0] - 0.5f32;
         let column_centre = (f32::cast_from(x - shape[6]) + 0.5f32) * factors[1] - 0.5f32;
-        let (r_first, r_end, r_at, r_inv) =
-            axis_window(row_centre, factors[0], rows - 1u32, variant.antialias_rows);
-        let (c_first, c_end, c_at, c_inv) = axis_window(
+        let (r_first, r_end, r_at) =
+            axis_window(row_centre, factors[0], rows - 1u32, variant.row_filter);
+        let (c_first, c_end, c_at) = axis_window(
             column_centre,
             factors[1],
             columns - 1u32,
-            variant.antialias_columns,
+            variant.column_filter,
         );
         let base = frame * rows * columns;
-        if comptime!(!variant.antialias_rows && !variant.antialias_columns) {
+        if comptime!(
+            variant.row_filter == AxisFilter::Bilinear
+                && variant.column_filter == AxisFilter::Bilinear
+        ) {
             // Bilinear on both axes: exactly four taps whose weights sum to 1, unrolled.
             let r1 = (r_first + 1u32).min(r_end);
             let c1 = (c_first + 1u32).min(c_end);
@@ -224,11 +252,11 @@ fn output_unit(
             let mut total = 0.0f32;
             let mut row_weights = 0.0f32;
             for r in r_first..r_end + 1u32 {
-                let wr = (1.0f32 - (f32::cast_from(r) - r_at).abs() * r_inv).max(0.0f32);
+                let wr = tap_weight(f32::cast_from(r), r_at, factors[0], variant.row_filter);
                 let mut row_total = 0.0f32;
                 let mut column_weights = 0.0f32;
                 for c in c_first..c_end + 1u32 {
-                    let wc = (1.0f32 - (f32::cast_from(c) - c_at).abs() * c_inv).max(0.0f32);
+                    let wc = tap_weight(f32::cast_from(c), c_at, factors[1], variant.column_filter);
                     row_total += wc * mapped(words, base + r * columns + c, factors, variant);
                     column_weights += wc;
                 }
@@ -479,8 +507,8 @@ impl FusedPreprocessor {
             kind: plan.kind,
             mapping,
             invert: plan.invert,
-            antialias_rows: plan.rows.antialias(),
-            antialias_columns: plan.columns.antialias(),
+            row_filter: plan.rows.filter,
+            column_filter: plan.columns.filter,
         };
         // SAFETY: each handle was created just above with exactly this many elements.
         let args = unsafe {

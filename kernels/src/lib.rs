@@ -11,6 +11,6 @@ pub mod reference;
 pub mod spec;
 
 pub use spec::{
-    Frames, Intensity, Normalisation, PixelKind, Pixels, PreprocessError, PreprocessSpec,
+    Frames, Intensity, Normalisation, PixelKind, Pixels, PreprocessError, PreprocessSpec, Resample,
     VoiFunction,
 };

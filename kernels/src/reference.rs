@@ -117,7 +117,7 @@ fn all_taps(axis: &AxisPlan) -> Vec<Vec<(usize, f32)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Intensity, Normalisation, VoiFunction};
+    use crate::spec::{Intensity, Normalisation, Resample, VoiFunction};
 
     fn spec(intensity: Intensity, target: [usize; 2]) -> PreprocessSpec {
         PreprocessSpec {
@@ -126,6 +126,7 @@ mod tests {
             intensity,
             invert: false,
             target,
+            resample: Resample::Bilinear,
             letterbox: false,
             normalisation: Normalisation::MeanStd {
                 mean: 0.0,
@@ -258,6 +259,32 @@ mod tests {
         for v in out {
             assert!((v - 0.5).abs() < 0.07, "{v}");
         }
+    }
+
+    #[test]
+    fn area_resampling_averages_the_covered_source() {
+        let clip = Intensity::Clip {
+            min: 0.0,
+            max: 10.0,
+        };
+        let area = |pixels: &[u8], rows, columns, target| {
+            let mut s = spec(clip, target);
+            s.resample = Resample::Area;
+            preprocess(&frames(Pixels::U8(pixels), rows, columns), &s).unwrap()
+        };
+        // ÷3 along a row: the mean of each block of three, in tenths.
+        let out = area(&[0, 1, 2, 3, 4, 5], 1, 6, [1, 2]);
+        for (o, e) in out.iter().zip([0.1, 0.4]) {
+            assert!((o - e).abs() < 1e-6, "{out:?}");
+        }
+        // ÷1.5: the middle output covers the second pixel's right half and the third's left.
+        let out = area(&[0, 6, 3], 1, 3, [1, 2]);
+        for (o, e) in out.iter().zip([0.2, 0.4]) {
+            assert!((o - e).abs() < 1e-6, "{out:?}");
+        }
+        // Enlarging is bilinear, as with `Resample::Bilinear`.
+        let out = area(&[0, 10], 1, 2, [1, 4]);
+        assert_eq!(out, vec![0.0, 0.25, 0.75, 1.0]);
     }
 
     #[test]

@@ -111,6 +111,21 @@ pub enum Normalisation {
     MinMax { low: f32, high: f32 },
 }
 
+/// How the image is resampled to the target size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resample {
+    /// Bilinear with half-pixel centres; shrinking by more than [`ANTIALIAS_ABOVE`] filters
+    /// with a triangle as wide as the scale instead (PIL's and torchvision's antialiased
+    /// bilinear).
+    #[default]
+    Bilinear,
+    /// Area averaging when shrinking: each output pixel is the mean of the source area it
+    /// covers, weighted by overlap (OpenCV's `INTER_AREA`, PyTorch's `adaptive_avg_pool2d` at
+    /// whole scales); bilinear when enlarging. What radserve's model packages are trained with
+    /// (`radserve_models::preprocess::resize`).
+    Area,
+}
+
 /// The whole transform from stored pixels to model input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PreprocessSpec {
@@ -122,6 +137,7 @@ pub struct PreprocessSpec {
     pub invert: bool,
     /// Rows, columns of the output.
     pub target: [usize; 2],
+    pub resample: Resample,
     /// Keep the aspect ratio, centre the image and pad with 0 (black, before normalisation).
     pub letterbox: bool,
     pub normalisation: Normalisation,
@@ -183,15 +199,31 @@ pub struct AxisPlan {
     pub span: usize,
     /// Source pixels per output pixel.
     pub scale: f32,
+    pub filter: AxisFilter,
 }
 
 /// Shrinking by more than this (source/output) filters with a triangle of width `scale` instead
-/// of sampling two neighbours, so fine detail does not alias.
+/// of sampling two neighbours, so fine detail does not alias ([`Resample::Bilinear`]).
 pub const ANTIALIAS_ABOVE: f32 = 2.0;
 
-impl AxisPlan {
-    pub fn antialias(&self) -> bool {
-        self.scale > ANTIALIAS_ABOVE
+/// The filter one axis is resampled with, from the [`Resample`] asked for and the axis' scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AxisFilter {
+    /// The two neighbours of the sample point.
+    Bilinear,
+    /// A triangle of half-width `scale`.
+    Triangle,
+    /// The source interval `[o × scale, (o + 1) × scale)`, weighted by overlap.
+    Area,
+}
+
+impl AxisFilter {
+    fn for_axis(resample: Resample, scale: f32) -> AxisFilter {
+        match resample {
+            Resample::Bilinear if scale > ANTIALIAS_ABOVE => AxisFilter::Triangle,
+            Resample::Area if scale > 1.0 => AxisFilter::Area,
+            _ => AxisFilter::Bilinear,
+        }
     }
 }
 
@@ -336,11 +368,16 @@ impl PreprocessSpec {
         } else {
             (target_rows, target_columns)
         };
-        let axis = |source: usize, target: usize, span: usize| AxisPlan {
-            source,
-            offset: (target - span) / 2,
-            span,
-            scale: (source as f64 / span as f64) as f32,
+        let resample = self.resample;
+        let axis = |source: usize, target: usize, span: usize| {
+            let scale = (source as f64 / span as f64) as f32;
+            AxisPlan {
+                source,
+                offset: (target - span) / 2,
+                span,
+                scale,
+                filter: AxisFilter::for_axis(resample, scale),
+            }
         };
         Ok(Plan {
             frames,
@@ -406,13 +443,30 @@ pub fn unit_intensity(plan: &Plan, stored: f32) -> f32 {
     if plan.invert { 1.0 - unit } else { unit }
 }
 
+/// First and last source index of the area filter centred on `centre`.
+pub fn area_bounds(centre: f32, scale: f32, last: usize) -> (usize, usize) {
+    let start = centre + 0.5 - scale / 2.0;
+    let first = start.floor().max(0.0) as usize;
+    let end = ((start + scale).ceil() as usize)
+        .saturating_sub(1)
+        .min(last);
+    (first.min(end), end)
+}
+
+/// How much of source pixel `i` (the interval `[i, i + 1)`) the area of `centre` covers.
+#[inline]
+pub fn area_overlap(i: f32, centre: f32, scale: f32) -> f32 {
+    let start = centre + 0.5 - scale / 2.0;
+    ((start + scale).min(i + 1.0) - start.max(i)).max(0.0)
+}
+
 /// Taps of output index `o` (relative to the image's span) along one axis: source index and
 /// weight, the weights summing to 1. The kernel computes the same taps on the fly.
 pub fn axis_taps(axis: &AxisPlan, o: usize, taps: &mut Vec<(usize, f32)>) {
     taps.clear();
     let last = axis.source - 1;
     let centre = (o as f32 + 0.5) * axis.scale - 0.5;
-    if axis.antialias() {
+    if axis.filter == AxisFilter::Triangle {
         // Triangle filter of half-width `scale`, renormalised at the borders.
         let first = (centre - axis.scale).floor().max(0.0) as usize;
         let end = ((centre + axis.scale).ceil() as usize).min(last);
@@ -426,6 +480,14 @@ pub fn axis_taps(axis: &AxisPlan, o: usize, taps: &mut Vec<(usize, f32)>) {
         }
         for tap in taps.iter_mut() {
             tap.1 /= total;
+        }
+    } else if axis.filter == AxisFilter::Area {
+        let (first, end) = area_bounds(centre, axis.scale, last);
+        for i in first..=end {
+            let weight = area_overlap(i as f32, centre, axis.scale);
+            if weight > 0.0 {
+                taps.push((i, weight / axis.scale));
+            }
         }
     } else {
         let centre = centre.max(0.0);

@@ -9,7 +9,8 @@ use cubecl::device::{Device, WgpuDevice};
 use radserve_kernels::fused::{FusedPreprocessor, KernelError};
 use radserve_kernels::reference;
 use radserve_kernels::{
-    Frames, Intensity, Normalisation, Pixels, PreprocessError, PreprocessSpec, VoiFunction,
+    Frames, Intensity, Normalisation, Pixels, PreprocessError, PreprocessSpec, Resample,
+    VoiFunction,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -29,6 +30,7 @@ fn spec(intensity: Intensity, target: [usize; 2]) -> PreprocessSpec {
         intensity,
         invert: false,
         target,
+        resample: Resample::Bilinear,
         letterbox: false,
         normalisation: Normalisation::MeanStd {
             mean: 0.5,
@@ -236,6 +238,33 @@ fn frames_channels_letterbox_and_downscaling() {
         high: 1.0,
     };
     compare(&input, &s, "min-max normalisation");
+}
+
+#[test]
+fn area_resampling_matches_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (rows, columns, frames) = (131, 97, 2);
+    let pixels: Vec<i16> = (0..rows * columns * frames)
+        .map(|_| rng.random_range(-1024..=2000))
+        .collect();
+    let input = Frames {
+        rows,
+        columns,
+        frames,
+        pixels: Pixels::I16(&pixels),
+    };
+    let clip = Intensity::Clip {
+        min: -1000.0,
+        max: 400.0,
+    };
+    // Whole, fractional and mixed scales: ÷2-ish on one axis, enlarging on the other, ÷7.
+    for target in [[65, 48], [88, 60], [40, 200], [19, 14], [131, 97], [1, 1]] {
+        let mut s = spec(clip, target);
+        s.resample = Resample::Area;
+        compare(&input, &s, &format!("area → {target:?}"));
+        s.letterbox = true;
+        compare(&input, &s, &format!("area, letterbox → {target:?}"));
+    }
 }
 
 #[test]

@@ -6,7 +6,9 @@ use burn::backend::DispatchDevice;
 use burn::tensor::{Device, DeviceType, Tensor};
 use radserve_kernels::model_input::preprocess_to_tensor;
 use radserve_kernels::reference;
-use radserve_kernels::{Frames, Intensity, Normalisation, Pixels, PreprocessSpec, VoiFunction};
+use radserve_kernels::{
+    Frames, Intensity, Normalisation, Pixels, PreprocessSpec, Resample, VoiFunction,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -30,6 +32,7 @@ fn ct_spec() -> PreprocessSpec {
         },
         invert: false,
         target: [48, 64],
+        resample: Resample::Bilinear,
         letterbox: true,
         normalisation: Normalisation::MeanStd {
             mean: 0.5,
