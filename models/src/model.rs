@@ -88,27 +88,48 @@ impl LoadedModel {
     /// Runs preprocessed images (`[batch, channels, rows, columns]`, f32, as
     /// [`crate::preprocess::prepare`] makes them) and returns probabilities.
     pub fn predict(&self, images: TensorData) -> Result<Prediction, ModelError> {
+        if images.dtype() != DType::F32 {
+            return Err(self.layout_error(images.shape().to_vec(), images.dtype()));
+        }
+        let shape = images.shape().to_vec();
+        self.check_layout(&shape)?;
+        self.forward(Tensor::from_data(images, &self.device))
+    }
+
+    /// As [`LoadedModel::predict`], for input already on the model's device (e.g. made there
+    /// by a preprocessing kernel).
+    pub fn predict_tensor(&self, images: Tensor<4>) -> Result<Prediction, ModelError> {
+        self.check_layout(&images.dims())?;
+        self.forward(images)
+    }
+
+    fn check_layout(&self, shape: &[usize]) -> Result<(), ModelError> {
         let manifest = &self.package.manifest;
         let channels = manifest.architecture.in_channels();
         let [rows, columns] = manifest.input.target_size;
-        let shape = images.shape().to_vec();
-        let layout_ok = images.dtype() == DType::F32
-            && shape.len() == 4
+        let layout_ok = shape.len() == 4
             && shape[1] == channels
             && shape[2] == rows
             && shape[3] == columns
             && shape[0] > 0;
-        if !layout_ok {
-            return Err(ModelError::InputLayout {
-                model: self.name().to_string(),
-                channels,
-                rows,
-                columns,
-                dtype: images.dtype(),
-                shape,
-            });
+        if layout_ok {
+            Ok(())
+        } else {
+            Err(self.layout_error(shape.to_vec(), DType::F32))
         }
-        self.forward(Tensor::from_data(images, &self.device))
+    }
+
+    fn layout_error(&self, shape: Vec<usize>, dtype: DType) -> ModelError {
+        let manifest = &self.package.manifest;
+        let [rows, columns] = manifest.input.target_size;
+        ModelError::InputLayout {
+            model: self.name().to_string(),
+            channels: manifest.architecture.in_channels(),
+            rows,
+            columns,
+            dtype,
+            shape,
+        }
     }
 
     fn forward(&self, images: Tensor<4>) -> Result<Prediction, ModelError> {

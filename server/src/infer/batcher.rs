@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::device::{DeviceBatch, DeviceOutput, DeviceQueue};
+use super::model_input::ModelInput;
 use crate::metrics;
 use crate::store::Priority;
 
@@ -84,13 +85,15 @@ pub struct ImageOutput {
     pub values: Vec<f32>,
     /// From submission to the start of its batch.
     pub queued: Duration,
-    /// The batch's time on the device.
+    /// The batch's time on the device, its preprocessing left out.
     pub compute: Duration,
+    /// The batch's preprocessing on the device.
+    pub preprocess: Duration,
     pub batch_size: usize,
 }
 
 struct Pending {
-    pixels: Vec<f32>,
+    input: ModelInput,
     priority: Priority,
     arrived: Instant,
     cancel: CancelFlag,
@@ -153,7 +156,7 @@ impl Batcher {
     /// Queues `images` if there is room for all of them now, else refuses.
     pub fn try_submit(
         &self,
-        images: Vec<Vec<f32>>,
+        images: Vec<ModelInput>,
         priority: Priority,
         cancel: &CancelFlag,
     ) -> Result<Replies, InferError> {
@@ -172,7 +175,7 @@ impl Batcher {
     /// Queues `images`, waiting for room, and waits for their outputs (in order).
     pub async fn submit(
         &self,
-        images: Vec<Vec<f32>>,
+        images: Vec<ModelInput>,
         priority: Priority,
         cancel: &CancelFlag,
     ) -> Result<Vec<ImageOutput>, InferError> {
@@ -181,7 +184,7 @@ impl Batcher {
         let mut outputs = Vec::with_capacity(images.len());
         let mut images = images.into_iter().peekable();
         while images.peek().is_some() {
-            let part: Vec<Vec<f32>> = images.by_ref().take(chunk).collect();
+            let part: Vec<ModelInput> = images.by_ref().take(chunk).collect();
             let count = self.check_count(part.len())?;
             let permits = self
                 .places
@@ -208,7 +211,7 @@ impl Batcher {
 
     fn enqueue(
         &self,
-        images: Vec<Vec<f32>>,
+        images: Vec<ModelInput>,
         priority: Priority,
         cancel: &CancelFlag,
         permits: OwnedSemaphorePermit,
@@ -217,7 +220,7 @@ impl Batcher {
         let mut replies = Vec::with_capacity(images.len());
         let count = images.len();
         let mut rest = Some(permits);
-        for (i, pixels) in images.into_iter().enumerate() {
+        for (i, input) in images.into_iter().enumerate() {
             let (reply, answer) = oneshot::channel();
             // One permit per image, so each frees its place as it leaves the queue.
             let permit = if i + 1 == count {
@@ -227,7 +230,7 @@ impl Batcher {
             };
             self.queue
                 .send(Pending {
-                    pixels,
+                    input,
                     priority,
                     arrived,
                     cancel: cancel.clone(),
@@ -328,17 +331,12 @@ async fn run_batches(
 async fn run_batch(model: &str, batch: Vec<Pending>, device: &DeviceQueue) {
     let started = Instant::now();
     let size = batch.len();
-    let image_len = batch.first().map_or(0, |p| p.pixels.len());
-    let mut pixels = Vec::with_capacity(size * image_len);
-    for p in &batch {
-        pixels.extend_from_slice(&p.pixels);
-    }
+    let inputs = batch.iter().map(|p| p.input.clone()).collect();
     let (done, outcome) = oneshot::channel();
     let sent = device
         .send(DeviceBatch {
             model: model.to_owned(),
-            pixels,
-            images: size,
+            inputs,
             done,
         })
         .await;
@@ -350,7 +348,12 @@ async fn run_batch(model: &str, batch: Vec<Pending>, device: &DeviceQueue) {
     };
     metrics::record_batch(model, size);
     match result {
-        Ok(DeviceOutput { values, compute }) => {
+        Ok(DeviceOutput {
+            values,
+            compute,
+            preprocess,
+        }) => {
+            metrics::record_stage(model, "preprocess", preprocess);
             metrics::record_stage(model, "compute", compute);
             let per_image = values.len() / size.max(1);
             for (i, p) in batch.into_iter().enumerate() {
@@ -360,6 +363,7 @@ async fn run_batch(model: &str, batch: Vec<Pending>, device: &DeviceQueue) {
                     values: values[i * per_image..(i + 1) * per_image].to_vec(),
                     queued,
                     compute,
+                    preprocess,
                     batch_size: size,
                 }));
             }
@@ -416,11 +420,19 @@ mod queue_tests {
         std::thread::spawn(move || {
             while let Some(batch) = receiver.blocking_recv() {
                 let outcome = gate_rx.recv().unwrap_or(Err("gate closed".into()));
-                let firsts: Vec<f32> = batch.pixels.chunks(2).map(|c| c[0]).collect();
+                let firsts: Vec<f32> = batch
+                    .inputs
+                    .iter()
+                    .map(|input| match input {
+                        ModelInput::Host(values) => values[0],
+                        ModelInput::Device { .. } => f32::NAN,
+                    })
+                    .collect();
                 seen.lock().unwrap().push(firsts.clone());
                 let _ = batch.done.send(outcome.map(|()| DeviceOutput {
                     values: firsts,
                     compute: Duration::from_millis(1),
+                    preprocess: Duration::ZERO,
                 }));
             }
         });
@@ -439,8 +451,10 @@ mod queue_tests {
         }
     }
 
-    fn images(first: f32, count: usize) -> Vec<Vec<f32>> {
-        (0..count).map(|i| vec![first + i as f32, 0.0]).collect()
+    fn images(first: f32, count: usize) -> Vec<ModelInput> {
+        (0..count)
+            .map(|i| ModelInput::Host(vec![first + i as f32, 0.0]))
+            .collect()
     }
 
     #[tokio::test]

@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use burn::tensor::TensorData;
 use radserve_models::model::{LoadedModel, Prediction};
 use tokio::sync::{mpsc, oneshot};
 
-/// A batch to run: `images` preprocessed images of `model`, concatenated.
+use super::model_input::{ModelInput, batch_tensor};
+
+/// A batch to run: images of `model`, preprocessed on the device first.
 pub struct DeviceBatch {
     pub model: String,
-    pub pixels: Vec<f32>,
-    pub images: usize,
+    pub inputs: Vec<ModelInput>,
     pub done: oneshot::Sender<Result<DeviceOutput, String>>,
 }
 
@@ -26,7 +26,11 @@ pub type DeviceQueue = mpsc::Sender<DeviceBatch>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceOutput {
     pub values: Vec<f32>,
+    /// The network's time, from its input to its outputs read back.
     pub compute: Duration,
+    /// Making the input: the preprocessing kernel launched (its execution, asynchronous on a
+    /// GPU, then counts in `compute`), or the reference run on the CPU backend.
+    pub preprocess: Duration,
 }
 
 /// Loads and warms a model on the worker's device.
@@ -58,7 +62,6 @@ pub fn start(jobs: Vec<LoadJob>) -> std::io::Result<()> {
             }
             drop(queue);
             while let Some(batch) = batches.blocking_recv() {
-                let started = Instant::now();
                 let outcome = match models.get(&batch.model) {
                     Some(model) => {
                         std::panic::catch_unwind(AssertUnwindSafe(|| run(model, &batch)))
@@ -78,32 +81,26 @@ pub fn start(jobs: Vec<LoadJob>) -> std::io::Result<()> {
                         batch.model
                     )),
                 };
-                let _ = batch.done.send(outcome.map(|values| DeviceOutput {
-                    values,
-                    compute: started.elapsed(),
-                }));
+                let _ = batch.done.send(outcome);
             }
         })?;
     Ok(())
 }
 
-fn run(model: &LoadedModel, batch: &DeviceBatch) -> Result<Vec<f32>, String> {
+fn run(model: &LoadedModel, batch: &DeviceBatch) -> Result<DeviceOutput, String> {
     let manifest = &model.package.manifest;
     let [rows, columns] = manifest.input.target_size;
     let channels = manifest.architecture.in_channels();
-    let expected = batch.images * channels * rows * columns;
-    if batch.pixels.len() != expected || batch.images == 0 {
-        return Err(format!(
-            "batch of {} images holds {} values, expected {expected}",
-            batch.images,
-            batch.pixels.len()
-        ));
-    }
-    let images = TensorData::new(
-        batch.pixels.clone(),
-        [batch.images, channels, rows, columns],
-    );
-    match model.predict(images).map_err(|e| e.to_string())? {
-        Prediction::Probabilities { values, .. } | Prediction::Masks { values, .. } => Ok(values),
-    }
+    let started = Instant::now();
+    let images = batch_tensor(model.device(), &batch.inputs, [channels, rows, columns])?;
+    let preprocess = started.elapsed();
+    let started = Instant::now();
+    let values = match model.predict_tensor(images).map_err(|e| e.to_string())? {
+        Prediction::Probabilities { values, .. } | Prediction::Masks { values, .. } => values,
+    };
+    Ok(DeviceOutput {
+        values,
+        compute: started.elapsed(),
+        preprocess,
+    })
 }

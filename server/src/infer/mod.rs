@@ -4,6 +4,8 @@
 //! - [`batcher`]: the queue of one model (max batch size, max queue delay, priorities,
 //!   cancellation, a bound that turns overload into 429);
 //! - [`device`]: the worker thread that owns the burn device and every model on it;
+//! - [`model_input`]: images as batches take them (stored pixels and a preprocessing spec)
+//!   and the batch's input tensor, made on the device;
 //! - [`demo`]: the demo model packages embedded in the binary, loaded when the config
 //!   names no models.
 //!
@@ -14,6 +16,7 @@
 pub mod batcher;
 pub mod demo;
 pub mod device;
+pub mod model_input;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use radserve_models::package::{Manifest, OutputTask};
 use radserve_models::postprocess::{self, MaskVolume, SliceGeometry};
-use radserve_models::preprocess::{SourceImage, prepare, resize};
+use radserve_models::preprocess::resize;
 use serde::Serialize;
 
 use super::decode::DecodedImage;
+use super::prepare;
 use crate::infer::{Batcher, CancelFlag, ImageOutput, InferError};
 use crate::metrics;
 use crate::results::{CodedConcept, Finding, Measurement};
@@ -48,6 +49,8 @@ impl From<InferError> for AnalysisError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Timings {
     pub decode_ms: f64,
+    /// Checking the images against the model on the host, and preprocessing them on the
+    /// device with their batches (each batch counted once).
     pub preprocess_ms: f64,
     /// Longest wait of an image for its batch.
     pub queue_ms: f64,
@@ -126,27 +129,17 @@ pub async fn analyse(
         return Err(AnalysisError::Unsuitable("no images to analyse".into()));
     }
 
+    // Host work only: each image's spec is checked here, so an unsuitable image fails its own
+    // job before it joins a batch. The preprocessing itself runs on the device with the batch.
     let started = Instant::now();
     let input = manifest.input.clone();
+    let channels = manifest.architecture.in_channels();
     let prepared_images = images.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         prepared_images
             .iter()
             .map(|image| {
-                let mut out = Vec::new();
-                prepare(
-                    &SourceImage {
-                        rows: image.rows,
-                        columns: image.columns,
-                        values: &image.values,
-                        monochrome1: image.monochrome1,
-                        voi_window: image.voi_window,
-                    },
-                    &input,
-                    &mut out,
-                )
-                .map(|()| out)
-                .map_err(|e| {
+                prepare::model_input(image, &input, channels).map_err(|e| {
                     AnalysisError::Unsuitable(format!(
                         "image {} cannot be prepared for the model: {e}",
                         image.sop_instance_uid
@@ -158,7 +151,6 @@ pub async fn analyse(
     .await
     .map_err(|e| AnalysisError::Transient(format!("preprocessing task: {e}")))??;
     timings.preprocess_ms = ms(started.elapsed());
-    metrics::record_stage(&model, "preprocess", started.elapsed());
 
     let outputs = match admission {
         Admission::Wait => batcher.submit(prepared, priority, cancel).await?,
@@ -192,6 +184,7 @@ fn record_batches(outputs: &[ImageOutput], timings: &mut Timings) {
         timings.queue_ms = timings.queue_ms.max(ms(output.queued));
         if left_in_batch == 0 || last != Some((output.batch_size, output.compute)) {
             timings.compute_ms += ms(output.compute);
+            timings.preprocess_ms += ms(output.preprocess);
             timings.batch_sizes.push(output.batch_size);
             left_in_batch = output.batch_size;
             last = Some((output.batch_size, output.compute));

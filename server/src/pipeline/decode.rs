@@ -2,6 +2,8 @@
 //! needs (photometric, VOI window), where the slice lies, and the dataset without its
 //! pixel data (for the SR and SEG to copy and reference).
 
+use std::sync::Arc;
+
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
@@ -9,6 +11,7 @@ use dicom_pixeldata::PixelDecoder;
 use radserve_models::postprocess::SliceGeometry;
 
 use crate::dicomweb::wado::parse_part10;
+use crate::infer::model_input::{StoredPixels, StoredValues};
 
 /// Largest image accepted for inference, per edge (a DX detector reaches ~4300 px).
 pub const MAX_EDGE: u32 = radserve_models::preprocess::MAX_SOURCE_EDGE as u32;
@@ -21,6 +24,11 @@ pub struct DecodedImage {
     pub columns: usize,
     /// Modality values, row-major.
     pub values: Vec<f32>,
+    /// The stored values before the Modality LUT, for preprocessing on the model's device;
+    /// `None` for pixel types the kernel does not take (then `values` are prepared on the host).
+    pub stored: Option<Arc<StoredPixels>>,
+    /// RescaleSlope and RescaleIntercept (1 and 0 when absent).
+    pub rescale: (f64, f64),
     pub monochrome1: bool,
     pub voi_window: Option<(f64, f64)>,
     /// Present when the instance has ImagePositionPatient, ImageOrientationPatient and
@@ -70,6 +78,12 @@ pub fn decode_instance(bytes: &[u8]) -> Result<DecodedImage, String> {
     let values: Vec<f32> = decoded
         .to_vec_frame::<f32>(0)
         .map_err(|e| format!("cannot convert the pixel data of {sop_instance_uid}: {e}"))?;
+    let rescale = decoded
+        .rescale()
+        .ok()
+        .and_then(|r| r.first().copied())
+        .map_or((1.0, 0.0), |r| (r.slope, r.intercept));
+    let stored = stored_pixels(&decoded).map(Arc::new);
     let monochrome1 = decoded.photometric_interpretation().as_str() == "MONOCHROME1";
     let mut dataset = object.into_inner();
     dataset.remove_element(tags::PIXEL_DATA);
@@ -100,9 +114,92 @@ pub fn decode_instance(bytes: &[u8]) -> Result<DecodedImage, String> {
         rows: rows as usize,
         columns: columns as usize,
         values,
+        stored,
+        rescale,
         monochrome1,
         voi_window,
         geometry,
         dataset,
     })
+}
+
+/// The first frame's stored values, masked to BitsStored (and sign-extended from it when
+/// signed), when they are 8-bit unsigned or 16-bit: the kinds the preprocessing kernel reads.
+fn stored_pixels(decoded: &dicom_pixeldata::DecodedPixelData<'_>) -> Option<StoredPixels> {
+    let (rows, columns) = (decoded.rows() as usize, decoded.columns() as usize);
+    let bytes = decoded.frame_data(0).ok()?;
+    let count = rows * columns;
+    let bits_stored = u32::from(decoded.bits_stored());
+    let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+    let values = match (decoded.bits_allocated(), signed) {
+        (8, false) if bytes.len() >= count => StoredValues::U8(bytes[..count].to_vec()),
+        (16, _) if bytes.len() >= count * 2 && (1..=16).contains(&bits_stored) => {
+            // Decoded pixel data is in the machine's byte order; bits above BitsStored may
+            // hold overlays or garbage.
+            let words = bytes[..count * 2]
+                .chunks_exact(2)
+                .map(|b| u16::from_ne_bytes([b[0], b[1]]));
+            let unused = 16 - bits_stored;
+            if signed {
+                StoredValues::I16(words.map(|w| ((w << unused) as i16) >> unused).collect())
+            } else {
+                let mask = (u32::from(u16::MAX) >> unused) as u16;
+                StoredValues::U16(words.map(|w| w & mask).collect())
+            }
+        }
+        _ => return None,
+    };
+    Some(StoredPixels {
+        rows,
+        columns,
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    /// A 2×2 CT slice with 12 of 16 bits stored and garbage above them (an overlay's bits).
+    fn twelve_bit_ct(signed: bool, pixels: [u16; 4]) -> Vec<u8> {
+        let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+        let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+        let obj = InMemDicomObject::from_element_iter([
+            text(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.2"),
+            text(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            text(tags::MODALITY, VR::CS, "CT"),
+            us(tags::SAMPLES_PER_PIXEL, 1),
+            text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+            us(tags::ROWS, 2),
+            us(tags::COLUMNS, 2),
+            us(tags::BITS_ALLOCATED, 16),
+            us(tags::BITS_STORED, 12),
+            us(tags::HIGH_BIT, 11),
+            us(tags::PIXEL_REPRESENTATION, u16::from(signed)),
+            text(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
+            text(tags::RESCALE_SLOPE, VR::DS, "1"),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::U16(pixels.into_iter().collect()),
+            ),
+        ]);
+        crate::results::part10_bytes(obj).expect("part 10")
+    }
+
+    #[test]
+    fn stored_pixels_are_masked_to_bits_stored_and_sign_extended() {
+        // 0xF005 → 5 when unsigned; 0x0FFF → -1 and 0x0800 → -2048 when signed.
+        let unsigned =
+            decode_instance(&twelve_bit_ct(false, [0xF005, 0x0FFF, 0x0800, 7])).expect("decodes");
+        let stored = unsigned.stored.as_ref().expect("16-bit is kept");
+        assert_eq!(stored.values, StoredValues::U16(vec![5, 4095, 2048, 7]));
+        assert_eq!(unsigned.rescale, (1.0, -1024.0));
+        let signed =
+            decode_instance(&twelve_bit_ct(true, [0xF005, 0x0FFF, 0x0800, 7])).expect("decodes");
+        let stored = signed.stored.as_ref().expect("16-bit is kept");
+        assert_eq!(stored.values, StoredValues::I16(vec![5, -1, -2048, 7]));
+        assert_eq!((stored.rows, stored.columns), (2, 2));
+    }
 }

@@ -4,7 +4,8 @@
 //!   (per calling AE, configurable), or at once when asked
 //!   (`POST /api/v1/studies/{uid}/process`); then [`routing`] picks models per series and
 //!   jobs are written to the database;
-//! - [`worker`] — claims jobs atomically, runs [`decode`] → [`analyse`] (the model's batcher)
+//! - [`worker`] — claims jobs atomically, runs [`decode`] → [`prepare`] → [`analyse`] (the
+//!   model's batcher, which preprocesses on the device)
 //!   → results (findings rows, SR, SEG stored back into the archive) and completes the job
 //!   in one transaction; failures are stored with their reason, device failures retried
 //!   with backoff.
@@ -15,6 +16,7 @@
 
 pub mod analyse;
 pub mod decode;
+pub mod prepare;
 pub mod routing;
 pub mod stability;
 pub mod worker;
