@@ -43,6 +43,14 @@ pub enum PixelKind {
 }
 
 impl PixelKind {
+    /// Bytes per stored pixel.
+    pub fn bytes(self) -> usize {
+        match self {
+            PixelKind::U8 => 1,
+            PixelKind::U16 | PixelKind::I16 => 2,
+        }
+    }
+
     /// The kind for a DICOM image's BitsAllocated and PixelRepresentation (0 unsigned, 1 signed).
     pub fn from_dicom(
         bits_allocated: u16,
@@ -67,6 +75,24 @@ pub struct Frames<'a> {
     pub columns: usize,
     pub frames: usize,
     pub pixels: Pixels<'a>,
+}
+
+impl<'a> Frames<'a> {
+    /// Frames `first .. first + count` (both within the checked input).
+    pub fn frame_range(&self, first: usize, count: usize) -> Frames<'a> {
+        let per_frame = self.rows * self.columns;
+        let range = first * per_frame..(first + count) * per_frame;
+        let pixels = match self.pixels {
+            Pixels::U8(v) => Pixels::U8(&v[range]),
+            Pixels::U16(v) => Pixels::U16(&v[range]),
+            Pixels::I16(v) => Pixels::I16(&v[range]),
+        };
+        Frames {
+            frames: count,
+            pixels,
+            ..*self
+        }
+    }
 }
 
 /// VOI LUT function, PS3.3 C.11.2.1.2 (LINEAR) and C.11.2.1.3 (LINEAR_EXACT, SIGMOID).

@@ -286,6 +286,33 @@ fn a_large_image_shrinks_to_the_model_size() {
 }
 
 #[test]
+fn frames_larger_than_an_upload_chunk_go_up_one_launch_each() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Each 1500×1500 16-bit frame (4.5 MB) exceeds the upload chunk: three launches, each
+    // writing its own third of the output.
+    let (rows, columns, frames) = (1500, 1500, 3);
+    assert!((rows * columns * 2) as u64 > radserve_kernels::fused::UPLOAD_CHUNK_BYTES);
+    let pixels: Vec<i16> = (0..rows * columns * frames)
+        .map(|i| (i / (rows * columns)) as i16 * 700 - 1000 + rng.random_range(0..200))
+        .collect();
+    let input = Frames {
+        rows,
+        columns,
+        frames,
+        pixels: Pixels::I16(&pixels),
+    };
+    let mut s = spec(
+        Intensity::Clip {
+            min: -1024.0,
+            max: 1500.0,
+        },
+        [256, 256],
+    );
+    s.resample = Resample::Area;
+    compare(&input, &s, "3 chunked frames");
+}
+
+#[test]
 fn render_matches_the_reference_within_one_level() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let pixels = random_u16(&mut rng, 77 * 61, 4095);
