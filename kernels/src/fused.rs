@@ -57,6 +57,32 @@ pub enum KernelError {
     Device(String),
 }
 
+/// The plan's sizes, passed by value with each launch (no buffer to create per call).
+#[derive(CubeLaunch, CubeType, Clone)]
+pub struct Geometry {
+    rows: u32,
+    columns: u32,
+    target_rows: u32,
+    target_columns: u32,
+    /// The image's span in the output (letterbox padding outside it).
+    row_offset: u32,
+    row_span: u32,
+    column_offset: u32,
+    column_span: u32,
+}
+
+/// The plan's numbers: source pixels per output pixel, the Modality LUT, and the intensity
+/// mapping's two parameters (centre and width, or min and max).
+#[derive(CubeLaunch, CubeType, Clone)]
+pub struct Factors {
+    row_scale: f32,
+    column_scale: f32,
+    slope: f32,
+    intercept: f32,
+    p0: f32,
+    p1: f32,
+}
+
 /// The stored value of pixel `index` from the packed words.
 // CubeCL wants a variable declared before comptime branches assign it, and a comptime test
 // kept apart from a runtime one, hence the allows.
@@ -133,13 +159,13 @@ fn unit_value(
 
 /// Stored pixel `index` mapped to 0..1.
 #[cube]
-fn mapped(words: &[u32], index: u32, factors: &[f32], #[comptime] variant: Variant) -> f32 {
+fn mapped(words: &[u32], index: u32, factors: &Factors, #[comptime] variant: Variant) -> f32 {
     unit_value(
         stored_value(words, index, variant.kind),
-        factors[2],
-        factors[3],
-        factors[4],
-        factors[5],
+        factors.slope,
+        factors.intercept,
+        factors.p0,
+        factors.p1,
         variant.mapping,
         variant.invert,
     )
@@ -197,36 +223,39 @@ fn tap_weight(i: f32, at: f32, scale: f32, #[comptime] filter: AxisFilter) -> f3
     weight
 }
 
-/// The 0..1 value of output pixel `position` (frame-major, then rows, then columns).
+/// The 0..1 value of output pixel (`frame`, `y`, `x`).
 #[cube]
 fn output_unit(
     words: &[u32],
-    position: u32,
-    shape: &[u32],
-    factors: &[f32],
+    frame: u32,
+    y: u32,
+    x: u32,
+    geometry: &Geometry,
+    factors: &Factors,
     #[comptime] variant: Variant,
 ) -> f32 {
-    // shape: rows, columns, target rows, target columns, row offset, row span,
-    //        column offset, column span.
-    // factors: row scale, column scale, slope, intercept, p0, p1.
-    let rows = shape[0];
-    let columns = shape[1];
-    let target_rows = shape[2];
-    let target_columns = shape[3];
-    let frame = position / (target_rows * target_columns);
-    let within = position % (target_rows * target_columns);
-    let y = within / target_columns;
-    let x = within % target_columns;
+    let rows = geometry.rows;
+    let columns = geometry.columns;
     let mut unit = 0.0f32;
     // Letterbox padding stays 0.
-    if y >= shape[4] && y < shape[4] + shape[5] && x >= shape[6] && x < shape[6] + shape[7] {
-        let row_centre = (f32::cast_from(y - shape[4]) + 0.5f32) * factors[0] - 0.5f32;
-        let column_centre = (f32::cast_from(x - shape[6]) + 0.5f32) * factors[1] - 0.5f32;
-        let (r_first, r_end, r_at) =
-            axis_window(row_centre, factors[0], rows - 1u32, variant.row_filter);
+    if y >= geometry.row_offset
+        && y < geometry.row_offset + geometry.row_span
+        && x >= geometry.column_offset
+        && x < geometry.column_offset + geometry.column_span
+    {
+        let row_centre =
+            (f32::cast_from(y - geometry.row_offset) + 0.5f32) * factors.row_scale - 0.5f32;
+        let column_centre =
+            (f32::cast_from(x - geometry.column_offset) + 0.5f32) * factors.column_scale - 0.5f32;
+        let (r_first, r_end, r_at) = axis_window(
+            row_centre,
+            factors.row_scale,
+            rows - 1u32,
+            variant.row_filter,
+        );
         let (c_first, c_end, c_at) = axis_window(
             column_centre,
-            factors[1],
+            factors.column_scale,
             columns - 1u32,
             variant.column_filter,
         );
@@ -252,11 +281,21 @@ fn output_unit(
             let mut total = 0.0f32;
             let mut row_weights = 0.0f32;
             for r in r_first..r_end + 1u32 {
-                let wr = tap_weight(f32::cast_from(r), r_at, factors[0], variant.row_filter);
+                let wr = tap_weight(
+                    f32::cast_from(r),
+                    r_at,
+                    factors.row_scale,
+                    variant.row_filter,
+                );
                 let mut row_total = 0.0f32;
                 let mut column_weights = 0.0f32;
                 for c in c_first..c_end + 1u32 {
-                    let wc = tap_weight(f32::cast_from(c), c_at, factors[1], variant.column_filter);
+                    let wc = tap_weight(
+                        f32::cast_from(c),
+                        c_at,
+                        factors.column_scale,
+                        variant.column_filter,
+                    );
                     row_total += wc * mapped(words, base + r * columns + c, factors, variant);
                     column_weights += wc;
                 }
@@ -269,27 +308,31 @@ fn output_unit(
     unit
 }
 
-/// Model input: N×C×H×W f32, `unit × out_scale + out_offset` in each of `channels`.
+/// Model input: N×C×H×W f32, `unit × out_scale + out_offset` in each of `channels`. One unit
+/// per output pixel on a 3D grid (column, row, frame), so no unit divides to find its pixel
+/// (integer division is slow on many devices, and scalarised on lavapipe).
 #[cube(launch_unchecked)]
 fn preprocess_kernel(
     words: &[u32],
-    shape: &[u32],
-    factors: &[f32],
+    geometry: Geometry,
+    factors: Factors,
     out: &mut [f32],
-    pixels_out: u32,
+    frames: u32,
     out_scale: f32,
     out_offset: f32,
     #[comptime] channels: u32,
     #[comptime] variant: Variant,
 ) {
-    let position = ABSOLUTE_POS as u32;
-    if position >= pixels_out {
+    let x = ABSOLUTE_POS_X;
+    let y = ABSOLUTE_POS_Y;
+    let frame = ABSOLUTE_POS_Z;
+    if x >= geometry.target_columns || y >= geometry.target_rows || frame >= frames {
         terminate!();
     }
-    let value = output_unit(words, position, shape, factors, variant) * out_scale + out_offset;
-    let plane = shape[2] * shape[3];
-    let frame = position / plane;
-    let within = position % plane;
+    let value =
+        output_unit(words, frame, y, x, &geometry, &factors, variant) * out_scale + out_offset;
+    let plane = geometry.target_rows * geometry.target_columns;
+    let within = y * geometry.target_columns + x;
     #[unroll]
     for channel in 0..channels {
         out[((frame * channels + channel) * plane + within) as usize] = value;
@@ -300,8 +343,8 @@ fn preprocess_kernel(
 #[cube(launch_unchecked)]
 fn render_kernel(
     words: &[u32],
-    shape: &[u32],
-    factors: &[f32],
+    geometry: Geometry,
+    factors: Factors,
     out: &mut [u32],
     pixels_out: u32,
     #[comptime] variant: Variant,
@@ -315,13 +358,26 @@ fn render_kernel(
     for k in 0..4u32 {
         let position = word * 4u32 + k;
         if position < pixels_out {
-            let unit = output_unit(words, position, shape, factors, variant);
+            let plane = geometry.target_rows * geometry.target_columns;
+            let within = position % plane;
+            let unit = output_unit(
+                words,
+                position / plane,
+                within / geometry.target_columns,
+                within % geometry.target_columns,
+                &geometry,
+                &factors,
+                variant,
+            );
             let display = u32::cast_from((unit.clamp(0.0f32, 1.0f32) * 255.0f32 + 0.5f32).floor());
             packed |= display << (k * 8u32);
         }
     }
     out[word as usize] = packed;
 }
+
+/// Output pixels per cube along x and y (the 3D grid's z is the frame).
+const TILE: u32 = 16;
 
 /// Stored pixels uploaded per launch, at most (a frame larger than this goes up alone).
 pub const UPLOAD_CHUNK_BYTES: u64 = 1 << 20;
@@ -376,14 +432,16 @@ impl FusedPreprocessor {
         while first < plan.frames {
             let count = chunk_frames.min(plan.frames - first);
             let chunk = input.frame_range(first, count);
-            let (words, shape, factors, variant) = self.upload(&chunk, &plan)?;
+            let (words, geometry, factors, variant) = self.upload(&chunk, &plan)?;
             let before = first as u64 * frame_out_bytes;
             let after = (plan.frames - first - count) as u64 * frame_out_bytes;
             let chunk_output = output.clone().offset_start(before).offset_end(after);
-            let pixels_out = (count * plane) as u32;
-            let cube_dim = CubeDim::new(&self.client, pixels_out as usize);
-            let cube_count =
-                cubecl::calculate_cube_count_elemwise(&self.client, pixels_out as usize, cube_dim);
+            let cube_dim = CubeDim::new_2d(TILE, TILE);
+            let cube_count = CubeCount::Static(
+                (plan.target[1] as u32).div_ceil(TILE),
+                (plan.target[0] as u32).div_ceil(TILE),
+                count as u32,
+            );
             // SAFETY: every index the kernel computes is bounded by the plan checked above:
             // source indices by the clamped filter windows within the chunk's frames, output
             // indices by `pixels_out × channels`, the chunk's part of the output.
@@ -393,10 +451,10 @@ impl FusedPreprocessor {
                     cube_count,
                     cube_dim,
                     words,
-                    shape,
+                    geometry,
                     factors,
                     BufferArg::from_raw_parts(chunk_output, count * plan.channels * plane),
-                    pixels_out,
+                    count as u32,
                     plan.out_scale,
                     plan.out_offset,
                     plan.channels as u32,
@@ -443,7 +501,7 @@ impl FusedPreprocessor {
         let pixels_out = plan.frames * plan.target[0] * plan.target[1];
         let out_words = pixels_out.div_ceil(4);
         self.fits("the rendered images", out_words as u64 * 4)?;
-        let (words, shape, factors, variant) = self.upload(input, &plan)?;
+        let (words, geometry, factors, variant) = self.upload(input, &plan)?;
         let output = self.client.empty(out_words * 4);
         let cube_dim = CubeDim::new(&self.client, out_words);
         let cube_count = cubecl::calculate_cube_count_elemwise(&self.client, out_words, cube_dim);
@@ -454,7 +512,7 @@ impl FusedPreprocessor {
                 cube_count,
                 cube_dim,
                 words,
-                shape,
+                geometry,
                 factors,
                 BufferArg::from_raw_parts(output.clone(), out_words),
                 pixels_out as u32,
@@ -481,13 +539,13 @@ impl FusedPreprocessor {
         Ok(())
     }
 
-    /// Uploads the packed pixels and the plan's parameters.
+    /// Uploads the packed pixels; the plan's parameters go with the launch, by value.
     #[allow(clippy::type_complexity)]
     fn upload(
         &self,
         input: &Frames<'_>,
         plan: &Plan,
-    ) -> Result<(BufferArg, BufferArg, BufferArg, Variant), KernelError> {
+    ) -> Result<(BufferArg, GeometryLaunch, FactorsLaunch, Variant), KernelError> {
         // The kernels index pixels with u32 (WGSL has no 64-bit indices everywhere).
         if input.pixels.len() as u64 > u64::from(u32::MAX) {
             return Err(KernelError::TooManyPixels {
@@ -498,17 +556,6 @@ impl FusedPreprocessor {
         self.fits("the stored pixels", bytes.len() as u64)?;
         let word_count = bytes.len() / 4;
         let words = self.client.create_from_slice(&bytes);
-        let shape = [
-            plan.rows.source,
-            plan.columns.source,
-            plan.target[0],
-            plan.target[1],
-            plan.rows.offset,
-            plan.rows.span,
-            plan.columns.offset,
-            plan.columns.span,
-        ]
-        .map(|v| v as u32);
         let (mapping, p0, p1) = match plan.intensity {
             Intensity::Window {
                 center,
@@ -525,16 +572,24 @@ impl FusedPreprocessor {
             ),
             Intensity::Clip { min, max } => (Mapping::Clip, min, max),
         };
-        let factors = [
+        let geometry = GeometryLaunch::new(
+            plan.rows.source as u32,
+            plan.columns.source as u32,
+            plan.target[0] as u32,
+            plan.target[1] as u32,
+            plan.rows.offset as u32,
+            plan.rows.span as u32,
+            plan.columns.offset as u32,
+            plan.columns.span as u32,
+        );
+        let factors = FactorsLaunch::new(
             plan.rows.scale,
             plan.columns.scale,
             plan.slope,
             plan.intercept,
             p0,
             p1,
-        ];
-        let shape_handle = self.client.create_from_slice(u32::as_bytes(&shape));
-        let factors_handle = self.client.create_from_slice(f32::as_bytes(&factors));
+        );
         let variant = Variant {
             kind: plan.kind,
             mapping,
@@ -542,15 +597,9 @@ impl FusedPreprocessor {
             row_filter: plan.rows.filter,
             column_filter: plan.columns.filter,
         };
-        // SAFETY: each handle was created just above with exactly this many elements.
-        let args = unsafe {
-            (
-                BufferArg::from_raw_parts(words, word_count),
-                BufferArg::from_raw_parts(shape_handle, shape.len()),
-                BufferArg::from_raw_parts(factors_handle, factors.len()),
-            )
-        };
-        Ok((args.0, args.1, args.2, variant))
+        // SAFETY: the handle was created just above with exactly this many words.
+        let words = unsafe { BufferArg::from_raw_parts(words, word_count) };
+        Ok((words, geometry, factors, variant))
     }
 }
 
