@@ -71,6 +71,20 @@ fn compare(input: &Frames<'_>, spec: &PreprocessSpec, case: &str) -> f32 {
     worst
 }
 
+/// Frames of `rows × columns` signed pixels (as many as `pixels` holds).
+fn i16_frames(pixels: &[i16], rows: usize, columns: usize) -> Frames<'_> {
+    Frames {
+        rows,
+        columns,
+        frames: pixels.len() / (rows * columns),
+        pixels: Pixels::I16(pixels),
+    }
+}
+
+fn clip(min: f32, max: f32) -> Intensity {
+    Intensity::Clip { min, max }
+}
+
 fn random_u16(rng: &mut ChaCha8Rng, len: usize, max: u16) -> Vec<u16> {
     (0..len).map(|_| rng.random_range(0..=max)).collect()
 }
@@ -84,13 +98,7 @@ fn pixel_types_and_signedness_match_the_reference() {
     let signed: Vec<i16> = (0..rows * columns)
         .map(|_| rng.random_range(-1024..=3071))
         .collect();
-    let mut ct = spec(
-        Intensity::Clip {
-            min: -1000.0,
-            max: 400.0,
-        },
-        [64, 64],
-    );
+    let mut ct = spec(clip(-1000.0, 400.0), [64, 64]);
     ct.rescale_slope = 1.0;
     ct.rescale_intercept = -24.0;
     let cases = [
@@ -132,13 +140,7 @@ fn negative_i16_values_are_sign_extended() {
         frames: 1,
         pixels: Pixels::I16(&pixels),
     };
-    let mut s = spec(
-        Intensity::Clip {
-            min: -32768.0,
-            max: 32767.0,
-        },
-        [2, 2],
-    );
+    let mut s = spec(clip(-32768.0, 32767.0), [2, 2]);
     s.normalisation = Normalisation::MinMax {
         low: 0.0,
         high: 1.0,
@@ -212,19 +214,8 @@ fn frames_channels_letterbox_and_downscaling() {
     let pixels: Vec<i16> = (0..rows * columns * frames)
         .map(|_| rng.random_range(-1024..=2000))
         .collect();
-    let input = Frames {
-        rows,
-        columns,
-        frames,
-        pixels: Pixels::I16(&pixels),
-    };
-    let mut s = spec(
-        Intensity::Clip {
-            min: -1000.0,
-            max: 1000.0,
-        },
-        [64, 64],
-    );
+    let input = i16_frames(&pixels, rows, columns);
+    let mut s = spec(clip(-1000.0, 1000.0), [64, 64]);
     s.channels = 3;
     compare(&input, &s, "3 frames, 3 channels");
     s.letterbox = true;
@@ -247,19 +238,11 @@ fn area_resampling_matches_the_reference() {
     let pixels: Vec<i16> = (0..rows * columns * frames)
         .map(|_| rng.random_range(-1024..=2000))
         .collect();
-    let input = Frames {
-        rows,
-        columns,
-        frames,
-        pixels: Pixels::I16(&pixels),
-    };
-    let clip = Intensity::Clip {
-        min: -1000.0,
-        max: 400.0,
-    };
+    let input = i16_frames(&pixels, rows, columns);
+    let hu = clip(-1000.0, 400.0);
     // Whole, fractional and mixed scales: ÷2-ish on one axis, enlarging on the other, ÷7.
     for target in [[65, 48], [88, 60], [40, 200], [19, 14], [131, 97], [1, 1]] {
-        let mut s = spec(clip, target);
+        let mut s = spec(hu, target);
         s.resample = Resample::Area;
         compare(&input, &s, &format!("area → {target:?}"));
         s.letterbox = true;
@@ -295,19 +278,8 @@ fn frames_larger_than_an_upload_chunk_go_up_one_launch_each() {
     let pixels: Vec<i16> = (0..rows * columns * frames)
         .map(|i| (i / (rows * columns)) as i16 * 700 - 1000 + rng.random_range(0..200))
         .collect();
-    let input = Frames {
-        rows,
-        columns,
-        frames,
-        pixels: Pixels::I16(&pixels),
-    };
-    let mut s = spec(
-        Intensity::Clip {
-            min: -1024.0,
-            max: 1500.0,
-        },
-        [256, 256],
-    );
+    let input = i16_frames(&pixels, rows, columns);
+    let mut s = spec(clip(-1024.0, 1500.0), [256, 256]);
     s.resample = Resample::Area;
     compare(&input, &s, "3 chunked frames");
 }
