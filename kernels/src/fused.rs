@@ -444,7 +444,8 @@ impl FusedPreprocessor {
             );
             // SAFETY: every index the kernel computes is bounded by the plan checked above:
             // source indices by the clamped filter windows within the chunk's frames, output
-            // indices by `pixels_out × channels`, the chunk's part of the output.
+            // indices by the grid test against the target size and `count` frames, inside the
+            // chunk's part of the output.
             unsafe {
                 preprocess_kernel::launch_unchecked(
                     &self.client,
