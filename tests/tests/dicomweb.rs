@@ -301,6 +301,18 @@ fn stow_then_qido_and_wado_round_trip() {
         1
     );
     assert_eq!(qido("StudyDate=20270101-").json(), Value::Array(vec![]));
+    // A date range with a time range is one date-time range: from 8 June 10:00 to
+    // 15 September 12:00 holds the DX of 8 June 13:29 and the CR of 15 July, not the CT of
+    // 15 September 17:17 (matched apart, no study lies between 10:00 and 12:00).
+    let span = qido("StudyDate=20260608-20260915&StudyTime=1000-1200").json();
+    let mut dates: Vec<String> = span
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| values(s, "00080020")[0].as_str().unwrap().to_owned())
+        .collect();
+    dates.sort();
+    assert_eq!(dates, ["20260608", "20260715"], "{span}");
 
     // ModalitiesInStudy.
     assert_eq!(

@@ -222,6 +222,7 @@ async fn study_of_instance(state: &AppState, sop: &str) -> Result<Option<String>
         }],
         include: Include::Default,
         fuzzy_matching: false,
+        combined_datetime: false,
         limit: Some(1),
         offset: 0,
     };

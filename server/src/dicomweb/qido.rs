@@ -203,6 +203,8 @@ pub fn parse_search(
             keys,
             include,
             fuzzy_matching: fuzzy,
+            // QIDO-RS has no negotiation: a date and a time range always make one range.
+            combined_datetime: true,
             limit: Some(limit),
             offset,
         },

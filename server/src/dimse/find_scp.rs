@@ -155,6 +155,7 @@ pub fn parse_identifier(bytes: &[u8], transfer_syntax: &str) -> Result<FindReque
             keys,
             include,
             fuzzy_matching: false,
+            combined_datetime: false,
             // One more than we send, to know when there were more.
             limit: Some(MAX_MATCHES as u32 + 1),
             offset: 0,

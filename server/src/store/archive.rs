@@ -587,6 +587,7 @@ mod guard_tests {
                 keys: Vec::new(),
                 include: Include::Default,
                 fuzzy_matching: false,
+                combined_datetime: false,
                 limit: None,
                 offset: 0,
             })

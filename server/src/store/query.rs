@@ -7,7 +7,8 @@
 //! one component group (`Wu*` and `吴*` both match `Wu^Xiaodong=吴^小东`); with
 //! `fuzzy_matching` a name also matches when any of its components starts with the
 //! pattern. Other strings match case-sensitively. Time ranges compare prefixes, so
-//! `-1015` includes `101500.123`. ModalitiesInStudy matches when any series of the study
+//! `-1015` includes `101500.123`; with `combined_datetime`, a StudyDate range and a
+//! StudyTime range make one date-time range. ModalitiesInStudy matches when any series of the study
 //! has one of the given modalities.
 //!
 //! Results: one [`AttributeSet`] per match with the QIDO-RS default attributes of the
@@ -76,6 +77,12 @@ pub struct Query {
     pub keys: Vec<MatchKey>,
     pub include: Include,
     pub fuzzy_matching: bool,
+    /// StudyDate and StudyTime ranges given together match as one date-time range
+    /// (PS3.4 C.2.2.2.5.1): `StudyDate=20240105-20240107&StudyTime=1000-1800` is from
+    /// 5 January 10:00 to 7 January 18:00, not 10:00–18:00 on each day. QIDO-RS always
+    /// matches this way; C-FIND does not (it would need the SOP class extended
+    /// negotiation's date-time matching flag, which we do not accept).
+    pub combined_datetime: bool,
     /// Bounded by the caller (QIDO default 100, max 1000).
     pub limit: Option<u32>,
     pub offset: u32,
@@ -757,6 +764,60 @@ fn push_condition(qb: &mut QueryBuilder<'_, Sqlite>, fd: &Field, cond: &Conditio
     }
 }
 
+/// One date-time range made of a StudyDate range and a StudyTime range: each bound is the
+/// date's bound followed by the time's (a bound the date lacks is open, whatever the time
+/// says, since a time alone names no day).
+#[derive(Debug, PartialEq, Eq)]
+struct DateTimeRange {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn combined_study_datetime(query: &Query) -> Option<DateTimeRange> {
+    if !query.combined_datetime {
+        return None;
+    }
+    let range = |tag: Tag| {
+        query.keys.iter().find_map(|k| match &k.condition {
+            Condition::Range { from, to } if k.tag == tag => Some((from, to)),
+            _ => None,
+        })
+    };
+    let (date_from, date_to) = range(tags::STUDY_DATE)?;
+    let (time_from, time_to) = range(tags::STUDY_TIME)?;
+    let join = |date: &Option<String>, time: &Option<String>| {
+        date.as_ref()
+            .map(|d| format!("{d}{}", time.as_deref().unwrap_or("")))
+    };
+    Some(DateTimeRange {
+        from: join(date_from, time_from),
+        to: join(date_to, time_to),
+    })
+}
+
+/// Matches `date || time` of the study against the range; prefixes compare as in a time
+/// range, so an upper bound `20240107` + `18` includes `20240107` `1800.5`. A study without
+/// a date never matches; one without a time counts as the start of its day.
+fn push_datetime_range(qb: &mut QueryBuilder<'_, Sqlite>, range: &DateTimeRange) {
+    const DATETIME: &str = "(st.study_date || st.study_time)";
+    qb.push("(st.study_date <> ''");
+    if let Some(from) = &range.from {
+        qb.push(" AND ")
+            .push(DATETIME)
+            .push(" >= ")
+            .push_bind(from.clone());
+    }
+    if let Some(to) = &range.to {
+        qb.push(" AND substr(")
+            .push(DATETIME)
+            .push(", 1, ")
+            .push_bind(to.len() as i64)
+            .push(") <= ")
+            .push_bind(to.clone());
+    }
+    qb.push(")");
+}
+
 /// Validates the keys of a query against its level.
 pub(crate) fn check_keys(query: &Query) -> Result<(), QueryError> {
     for key in &query.keys {
@@ -816,7 +877,15 @@ pub(crate) fn build_sql(query: &Query) -> (QueryBuilder<'static, Sqlite>, Vec<&'
         ),
     };
     qb.push(" FROM ").push(from).push(" WHERE 1");
+    let combined = combined_study_datetime(query);
+    if let Some(range) = &combined {
+        qb.push(" AND ");
+        push_datetime_range(&mut qb, range);
+    }
     for key in &query.keys {
+        if combined.is_some() && (key.tag == tags::STUDY_DATE || key.tag == tags::STUDY_TIME) {
+            continue;
+        }
         if let Some(fd) = field(key.tag) {
             qb.push(" AND ");
             push_condition(&mut qb, fd, &key.condition, query.fuzzy_matching);
@@ -941,6 +1010,7 @@ mod tests {
             }],
             include: Include::Default,
             fuzzy_matching: false,
+            combined_datetime: false,
             limit: None,
             offset: 0,
         };

@@ -85,6 +85,7 @@ fn study_query(keys: &[(Tag, &str)]) -> Query {
             .collect(),
         include: Include::Default,
         fuzzy_matching: false,
+        combined_datetime: false,
         limit: None,
         offset: 0,
     }
@@ -185,6 +186,7 @@ async fn put_query_locate_read_round_trip() {
         }],
         include: Include::All,
         fuzzy_matching: false,
+        combined_datetime: false,
         limit: None,
         offset: 0,
     };
@@ -238,6 +240,55 @@ async fn matching_names_dates_modalities_and_paging() {
     assert_eq!(count(&archive, &[(date, "-20260915")]).await, 3);
     assert_eq!(count(&archive, &[(date, "20260915-")]).await, 2);
     assert_eq!(count(&archive, &[(date, "20261014")]).await, 1);
+    // A date range and a time range: each on its own (C-FIND), or as one date-time range
+    // (QIDO-RS). Studies: DX 20260608 13:29:17, CR 20260715 09:18:46, CT 20260915 17:17:03,
+    // DX 20261014 11:06:10.
+    let time = tags::STUDY_TIME;
+    let both = |dates: &str, times: &str, combined: bool| {
+        let mut q = study_query(&[(date, dates), (time, times)]);
+        q.combined_datetime = combined;
+        let archive = archive.clone();
+        async move {
+            let mut found: Vec<String> = archive
+                .query(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| values(s, date).remove(0))
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    assert!(
+        both("20260608-20260915", "1000-1200", false)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        both("20260608-20260915", "1000-1200", true).await,
+        ["20260608", "20260715"]
+    );
+    assert_eq!(
+        both("20260608-20260915", "1400-1800", false).await,
+        ["20260915"]
+    );
+    assert_eq!(
+        both("20260608-20260915", "1400-1800", true).await,
+        ["20260715", "20260915"]
+    );
+    // Open bounds, and an upper bound that is a prefix (17 includes 17:17:03).
+    assert!(both("20260915-", "1800-", false).await.is_empty());
+    assert_eq!(both("20260915-", "1800-", true).await, ["20261014"]);
+    assert_eq!(both("-20260715", "-0900", true).await, ["20260608"]);
+    assert_eq!(
+        both("20260608-20260915", "-17", true).await,
+        ["20260608", "20260715", "20260915"]
+    );
+    // A date range with an exact time is not a combined range: each matches on its own.
+    let mut exact_time = study_query(&[(date, "20260601-20261231"), (time, "171703")]);
+    exact_time.combined_datetime = true;
+    assert_eq!(archive.query(&exact_time).await.unwrap().len(), 1);
     // Modalities in study: any series.
     assert_eq!(
         count(&archive, &[(tags::MODALITIES_IN_STUDY, "DX")]).await,
