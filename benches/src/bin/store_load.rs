@@ -150,6 +150,12 @@ fn measure(
     run: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Measurement> {
     eprintln!("{name} ...");
+    // Start every case with nothing left to write back: storescp does not fsync, so without
+    // this the kernel writes its 500 MB back during the next case and charges it there.
+    let synced = Command::new("sync").status().context("cannot run sync")?;
+    if !synced.success() {
+        bail!("sync failed: {synced}");
+    }
     let started = Instant::now();
     run()?;
     Ok(Measurement {
