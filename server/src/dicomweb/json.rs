@@ -140,9 +140,9 @@ pub fn dataset_to_json(obj: &InMemDicomObject, instance_url: &str) -> Value {
     Value::Object(out)
 }
 
-/// Re-decodes the root-level text of a parsed Part 10 file (`file`: its bytes) when its
-/// SpecificCharacterSet is multi-valued or uses ISO 2022 code extensions, which dicom-rs
-/// decodes wrongly: the raw bytes are read again and decoded with
+/// Re-decodes the text (root and sequence items) of a parsed Part 10 file (`file`: its
+/// bytes) when its SpecificCharacterSet is multi-valued or uses ISO 2022 code extensions,
+/// which dicom-rs decodes wrongly: the raw bytes are read again and decoded with
 /// [`crate::store::charset`] (see [`crate::dimse::raw_text`] for how and the limits).
 /// Returns how many elements were replaced.
 pub fn redecode_part10_text(obj: &mut DefaultDicomObject, file: &[u8]) -> usize {
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn metadata_of_iso_2022_files_is_correct_utf8() {
-        use crate::dimse::raw_text::tests::{explicit_le, yamada_iso2022, zhang_iso2022};
+        use crate::dimse::raw_text::tests::{explicit_le, sequence, yamada_iso2022, zhang_iso2022};
         let yamada = yamada_iso2022();
         let zhang = zhang_iso2022();
         let cases = [
@@ -374,18 +374,26 @@ mod tests {
             ),
         ];
         for (scs, name, expected) in cases {
-            let file = part10(&explicit_le(&[
+            let mut data_set = explicit_le(&[
                 (tags::SPECIFIC_CHARACTER_SET, VR::CS, scs),
                 (tags::SOP_CLASS_UID, VR::UI, b"1.2.840.10008.5.1.4.1.1.7"),
                 (tags::SOP_INSTANCE_UID, VR::UI, b"1.2.826.0.5.1"),
                 (tags::PATIENT_NAME, VR::PN, name),
                 (tags::STUDY_DESCRIPTION, VR::LO, name),
-            ]));
+            ]);
+            // The same name inside a sequence item.
+            data_set.extend(sequence(
+                tags::OTHER_PATIENT_I_DS_SEQUENCE,
+                &[explicit_le(&[(tags::PATIENT_NAME, VR::PN, name)])],
+            ));
+            let file = part10(&data_set);
             let mut obj = crate::dicomweb::wado::parse_part10(&file, false).unwrap();
-            assert_eq!(redecode_part10_text(&mut obj, &file), 2);
+            assert_eq!(redecode_part10_text(&mut obj, &file), 3);
             let out = dataset_to_json(&obj, "http://x/i");
             assert_eq!(out["00100010"]["Value"][0], expected, "{out}");
             assert_eq!(out["00100010"]["vr"], "PN");
+            let item = &out["00101002"]["Value"][0];
+            assert_eq!(item["00100010"]["Value"][0], expected, "{out}");
             // LO keeps the whole value, decoded
             let lo = out["00081030"]["Value"][0].as_str().unwrap();
             assert!(

@@ -7,16 +7,19 @@
 //! original bytes cannot be recovered from a parsed object (re-encoding the wrong string
 //! is lossy). What we do instead: a second pass over the same encoded data set with
 //! dicom-parser's token reader in raw mode (`ValueReadStrategy::Raw`), taking the raw bytes
-//! of the root-level text elements (PN, LO, SH, ST, LT, UT, UC), decoding them with
-//! [`crate::store::charset`] and replacing the values in the parsed object. Everything
-//! downstream (C-FIND key parsing, DICOM JSON) then sees correct UTF-8.
+//! of the text elements (PN, LO, SH, ST, LT, UT, UC) of the root and of every sequence item,
+//! decoding them with [`crate::store::charset`] and replacing the values in the parsed
+//! object. An item that declares its own SpecificCharacterSet is decoded with it (PS3.5
+//! §6.1.2.5.2 lets an item replace the data set's). Everything downstream (C-FIND key
+//! parsing, DICOM JSON) then sees correct UTF-8.
 //!
-//! Limits: only the root data set is re-decoded (text inside sequence items keeps dicom-rs's
-//! decoding); deflated data sets are not re-read (the token reader is not given an inflater
-//! here). The pass is skipped entirely when the character set needs no code extensions,
-//! since then dicom-rs is already right.
+//! Limits: deflated data sets are not re-read (the token reader is not given an inflater
+//! here). The pass is skipped entirely when the root's character set needs no code
+//! extensions, since then dicom-rs is already right (an item with ISO 2022 inside a data
+//! set without it keeps dicom-rs's decoding).
 
-use dicom_core::value::PrimitiveValue;
+use dicom_core::ops::{AttributeSelector, AttributeSelectorStep};
+use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::{Codec, TransferSyntax};
@@ -39,12 +42,29 @@ pub fn needs_redecoding(specific_character_set: &str) -> bool {
     value.contains('\\') || value.starts_with("ISO 2022")
 }
 
-/// The raw bytes of the root-level text elements ([`TEXT_VRS`]) of an encoded data set
-/// (no file meta group), up to Pixel Data.
-pub fn raw_text_values(
-    dataset: &[u8],
-    ts: &TransferSyntax,
-) -> Result<Vec<(Tag, VR, Vec<u8>)>, String> {
+/// One text element's raw value, and where it is.
+#[derive(Debug, PartialEq)]
+pub struct RawText {
+    /// The sequences and items it is nested in (empty at the root).
+    pub items: Vec<(Tag, u32)>,
+    pub tag: Tag,
+    pub vr: VR,
+    pub bytes: Vec<u8>,
+    /// The SpecificCharacterSet of the innermost item that declares one (raw value).
+    pub item_charset: Option<String>,
+}
+
+/// A sequence being read: its tag, the index of its current item, and that item's own
+/// SpecificCharacterSet if it declared one.
+struct OpenSequence {
+    tag: Tag,
+    item: Option<u32>,
+    charset: Option<String>,
+}
+
+/// The raw bytes of the text elements ([`TEXT_VRS`]) of an encoded data set (no file meta
+/// group), at the root and in sequence items, up to Pixel Data.
+pub fn raw_text_values(dataset: &[u8], ts: &TransferSyntax) -> Result<Vec<RawText>, String> {
     if matches!(ts.codec(), Codec::Dataset(_)) {
         return Err("deflated data set".to_owned());
     }
@@ -53,29 +73,62 @@ pub fn raw_text_values(
     let tokens =
         DataSetReader::new_with_ts_options(dataset, ts, options).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    let mut depth = 0usize;
+    let mut open: Vec<OpenSequence> = Vec::new();
+    // The element whose value comes next: its tag and VR, when it is text or a charset.
     let mut pending: Option<(Tag, VR)> = None;
     for token in tokens.take(MAX_RAW_TOKENS) {
         match token.map_err(|e| e.to_string())? {
-            DataToken::ElementHeader(h) if depth == 0 => {
-                if h.tag >= tags::PIXEL_DATA {
+            DataToken::ElementHeader(h) => {
+                if open.is_empty() && h.tag >= tags::PIXEL_DATA {
                     break;
                 }
-                pending = TEXT_VRS.contains(&h.vr).then_some((h.tag, h.vr));
+                pending = (TEXT_VRS.contains(&h.vr) || h.tag == tags::SPECIFIC_CHARACTER_SET)
+                    .then_some((h.tag, h.vr));
             }
-            DataToken::PrimitiveValue(v) if depth == 0 => {
-                if let Some((tag, vr)) = pending.take() {
-                    out.push((tag, vr, v.to_bytes().into_owned()));
+            DataToken::PrimitiveValue(v) => {
+                let Some((tag, vr)) = pending.take() else {
+                    continue;
+                };
+                let bytes = v.to_bytes().into_owned();
+                if tag == tags::SPECIFIC_CHARACTER_SET {
+                    // An item's own character set; the root's is read from the object.
+                    if let Some(sequence) = open.last_mut() {
+                        sequence.charset = Some(String::from_utf8_lossy(&bytes).into_owned());
+                    }
+                    continue;
                 }
+                out.push(RawText {
+                    items: open
+                        .iter()
+                        .filter_map(|s| s.item.map(|item| (s.tag, item)))
+                        .collect(),
+                    tag,
+                    vr,
+                    bytes,
+                    item_charset: open.iter().rev().find_map(|s| s.charset.clone()),
+                });
             }
             DataToken::SequenceStart { tag, .. } => {
-                if depth == 0 && tag >= tags::PIXEL_DATA {
+                if open.is_empty() && tag >= tags::PIXEL_DATA {
                     break;
                 }
-                depth += 1;
+                pending = None;
+                open.push(OpenSequence {
+                    tag,
+                    item: None,
+                    charset: None,
+                });
+            }
+            DataToken::ItemStart { .. } => {
+                if let Some(sequence) = open.last_mut() {
+                    sequence.item = Some(sequence.item.map_or(0, |i| i + 1));
+                    sequence.charset = None;
+                }
             }
             DataToken::PixelSequenceStart => break,
-            DataToken::SequenceEnd => depth = depth.saturating_sub(1),
+            DataToken::SequenceEnd => {
+                open.pop();
+            }
             _ => {}
         }
     }
@@ -128,15 +181,49 @@ pub fn redecode_text(obj: &mut InMemDicomObject, dataset: &[u8], ts: &TransferSy
         }
     };
     let mut replaced = 0;
-    for (tag, vr, bytes) in raw {
-        let values = decode_value(&charset, vr, &bytes);
+    for text in raw {
+        let item_charset;
+        let charset = match &text.item_charset {
+            None => &charset,
+            Some(raw) => match CharacterSet::from_raw(raw.trim_matches([' ', '\0'])) {
+                Ok(own) => {
+                    item_charset = own;
+                    &item_charset
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "item text kept as dicom-rs decoded it");
+                    continue;
+                }
+            },
+        };
+        let values = decode_value(charset, text.vr, &text.bytes);
         let value = if values.iter().all(String::is_empty) {
             PrimitiveValue::Empty
         } else {
             PrimitiveValue::Strs(values.into_iter().collect())
         };
-        obj.put(DataElement::new(tag, vr, value));
-        replaced += 1;
+        if text.items.is_empty() {
+            obj.put(DataElement::new(text.tag, text.vr, value));
+            replaced += 1;
+            continue;
+        }
+        let steps = text
+            .items
+            .iter()
+            .map(|&(tag, item)| AttributeSelectorStep::Nested { tag, item })
+            .chain([AttributeSelectorStep::Tag(text.tag)]);
+        let Some(selector) = AttributeSelector::new(steps) else {
+            continue;
+        };
+        let mut value = Some(value);
+        let updated = obj.update_value_at(selector, |v| {
+            if let Some(value) = value.take() {
+                *v = Value::Primitive(value);
+            }
+        });
+        if updated.is_ok() {
+            replaced += 1;
+        }
     }
     replaced
 }
@@ -270,6 +357,74 @@ pub mod tests {
                 .into_owned();
             assert_eq!(values, ["CT", "MR"]);
         }
+    }
+
+    /// A sequence of undefined length whose items are the given encoded data sets.
+    pub fn sequence(tag: Tag, items: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&tag.group().to_le_bytes());
+        out.extend_from_slice(&tag.element().to_le_bytes());
+        out.extend_from_slice(b"SQ\0\0\xff\xff\xff\xff");
+        for item in items {
+            out.extend_from_slice(b"\xfe\xff\x00\xe0\xff\xff\xff\xff");
+            out.extend_from_slice(item);
+            out.extend_from_slice(b"\xfe\xff\x0d\xe0\0\0\0\0");
+        }
+        out.extend_from_slice(b"\xfe\xff\xdd\xe0\0\0\0\0");
+        out
+    }
+
+    #[test]
+    fn redecodes_text_in_sequence_items_with_the_item_s_own_charset() {
+        use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+        let ts = EXPLICIT_VR_LITTLE_ENDIAN.erased();
+        let gb = |s: &str| encoding_rs::GBK.encode(s).0.into_owned();
+        // G1 switched to GB 2312, then ASCII (PS3.5 K.2's form).
+        let mut chest = b"\x1b$)A".to_vec();
+        chest.extend(gb("胸部"));
+        chest.extend_from_slice(b" CT");
+        let description = tags::REQUESTED_PROCEDURE_DESCRIPTION;
+        let mut bytes = explicit_le(&[
+            (tags::SPECIFIC_CHARACTER_SET, VR::CS, b"\\ISO 2022 IR 58"),
+            (tags::PATIENT_NAME, VR::PN, &zhang_iso2022()),
+        ]);
+        bytes.extend(sequence(
+            tags::REQUEST_ATTRIBUTES_SEQUENCE,
+            &[
+                explicit_le(&[(description, VR::LO, &chest)]),
+                // This item declares its own character set.
+                explicit_le(&[
+                    (tags::SPECIFIC_CHARACTER_SET, VR::CS, b"ISO_IR 192"),
+                    (description, VR::LO, "肺部 CT".as_bytes()),
+                ]),
+            ],
+        ));
+        let text = raw_text_values(&bytes, &ts).unwrap();
+        assert_eq!(
+            text.iter()
+                .map(|t| (t.items.clone(), t.tag))
+                .collect::<Vec<_>>(),
+            [
+                (vec![], tags::PATIENT_NAME),
+                (vec![(tags::REQUEST_ATTRIBUTES_SEQUENCE, 0)], description),
+                (vec![(tags::REQUEST_ATTRIBUTES_SEQUENCE, 1)], description),
+            ]
+        );
+        assert_eq!(text[2].item_charset.as_deref(), Some("ISO_IR 192"));
+
+        let mut obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], &ts).unwrap();
+        assert_eq!(redecode_text(&mut obj, &bytes, &ts), 3);
+        let at = |item: u32| {
+            obj.value_at((tags::REQUEST_ATTRIBUTES_SEQUENCE, item, description))
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .into_owned()
+        };
+        assert_eq!(at(0), "胸部 CT");
+        assert_eq!(at(1), "肺部 CT");
+        let name = obj.element(tags::PATIENT_NAME).unwrap().to_str().unwrap();
+        assert_eq!(name, "Zhang^XiaoDong=章^小东=");
     }
 
     #[test]
