@@ -5,9 +5,9 @@
 //! then fsynced while it is parsed (up to Pixel Data) and, under a lock striped by SOP
 //! Instance UID (so two puts of one UID never interleave, and a blob is never
 //! garbage-collected while a put of the same content is in flight), looked up in the index.
-//! Then the policy decides: a new instance is placed in the blob store, and its directory
-//! entry is fsynced while the index commits (see [`Archive::index_new`]). After both, `put`
-//! returns. Different SOP Instance UIDs proceed in parallel.
+//! Then the policy decides: a new instance's row is inserted and committed while its blob
+//! is fsynced, placed and its directory entry fsynced (see [`Archive::store_new`]). After
+//! both, `put` returns. Different SOP Instance UIDs proceed in parallel.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -137,7 +137,7 @@ impl Archive {
             .map_err(|e| StoreError::Index(format!("tmp cleanup task: {e}")))??;
         // A crash between a put's index commit and its blob's directory fsync, or between
         // the blob's placement and the commit, leaves one side alone; neither instance was
-        // acknowledged (see `index_new`), so both sides are removed.
+        // acknowledged (see `store_new`), so both sides are removed.
         let referenced = index.blob_keys().await?;
         let present: std::collections::HashSet<String> = blobs.keys().await?.into_iter().collect();
         let mut orphans = 0usize;
@@ -259,12 +259,19 @@ impl Archive {
             return Err(PutError::Invalid(reason));
         }
         file.flush().await.map_err(StoreError::from)?;
-        let file = file.into_inner();
+        let file = file.into_inner().into_std().await;
         let sha256 = hex(&hasher.finalize());
-        // The fsync (the device) overlaps the parse, the stripe lock and the duplicate
-        // lookup: all must finish before anything is decided, and none needs the fsync.
+        // The data fsync (the device) runs from here on its own: the parse, the stripe lock
+        // and the duplicate lookup do not need it, and neither does a new instance's index
+        // insert (see `store_new`).
+        let data_sync = tokio::task::spawn_blocking(move || file.sync_data());
+        let durable = async move {
+            data_sync
+                .await
+                .map_err(|e| std::io::Error::other(format!("fsync task: {e}")))?
+        };
         let parse_path = path.to_path_buf();
-        let (durable, examined) = tokio::join!(file.sync_data(), async {
+        let examined = async {
             let attributes = tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
                 .await
                 .map_err(|e| StoreError::Index(format!("parse task: {e}")))?
@@ -276,10 +283,9 @@ impl Archive {
                 .find_instance(&attributes.sop_instance_uid)
                 .await?;
             Ok::<_, PutError>((attributes, guard, existing))
-        });
-        drop(file);
+        }
+        .await;
         let (attributes, _guard, existing) = examined?;
-        durable.map_err(StoreError::from)?;
         let sop = attributes.sop_instance_uid.clone();
         let record_source = source_text(source);
         let policy = self.inner.config.duplicate_policy;
@@ -301,12 +307,23 @@ impl Archive {
             source: record_source.clone(),
             at: now(),
         };
+        let Some(existing) = existing else {
+            record.blob_key = self
+                .inner
+                .blobs
+                .key_for(&sha256)
+                .map_err(StoreError::from)?;
+            self.store_new(&record, path, durable).await?;
+            tracing::debug!(sop_instance_uid = %sop, size_bytes, "instance stored");
+            return Ok(PutOutcome::Stored(record.stored()));
+        };
+        durable.await.map_err(StoreError::from)?;
         match existing {
-            Some(existing) if existing.sha256 == sha256 => {
+            existing if existing.sha256 == sha256 => {
                 tracing::debug!(sop_instance_uid = %sop, "identical duplicate");
                 Ok(PutOutcome::Duplicate(existing))
             }
-            Some(existing) if policy == DuplicatePolicy::KeepFirst => {
+            existing if policy == DuplicatePolicy::KeepFirst => {
                 self.inner
                     .index
                     .record_conflict(&conflict(&existing, "kept_first"))
@@ -314,7 +331,7 @@ impl Archive {
                 tracing::warn!(sop_instance_uid = %sop, "duplicate with different content: first copy kept");
                 Ok(PutOutcome::ConflictKeptFirst(existing))
             }
-            Some(existing) if policy == DuplicatePolicy::Reject => {
+            existing if policy == DuplicatePolicy::Reject => {
                 self.inner
                     .index
                     .record_conflict(&conflict(&existing, "rejected"))
@@ -322,7 +339,7 @@ impl Archive {
                 tracing::warn!(sop_instance_uid = %sop, "duplicate with different content: rejected");
                 Err(PutError::DuplicateRejected(sop))
             }
-            Some(existing) => {
+            existing => {
                 record.blob_key = self.store_blob(path, &sha256).await?;
                 self.inner
                     .index
@@ -342,12 +359,6 @@ impl Archive {
                 }
                 tracing::info!(sop_instance_uid = %sop, "instance replaced");
                 Ok(PutOutcome::Replaced(record.stored()))
-            }
-            None => {
-                record.blob_key = self.place_blob(path, &sha256).await?;
-                self.index_new(&record).await?;
-                tracing::debug!(sop_instance_uid = %sop, size_bytes, "instance stored");
-                Ok(PutOutcome::Stored(record.stored()))
             }
         }
     }
@@ -381,19 +392,31 @@ impl Archive {
         Ok(key)
     }
 
-    /// Indexes a new instance whose blob is placed: the directory fsync and the index
-    /// commit run at the same time (each is one device flush), and the put succeeds only
-    /// when both have. On failure nothing is left that `open` would not also remove.
-    async fn index_new(&self, record: &InstanceRecord) -> Result<(), StoreError> {
-        let (durable, indexed) = tokio::join!(
-            self.inner.blobs.make_durable(&record.blob_key),
-            self.inner.index.insert_instance(record)
-        );
-        let failure = match (durable, indexed) {
+    /// Stores a new instance: the blob (once its data is on the device: `data_durable`) is
+    /// placed and its directory entry fsynced while the index inserts and commits the row
+    /// (each side ends in one device flush); the put succeeds only when both have. The row
+    /// can thus be visible a moment before its blob: [`Archive::read_blob`] waits for the
+    /// put then. On failure nothing is left that `open` would not also remove: a crash
+    /// leaves a row without its blob or a blob without its row, of an instance never
+    /// acknowledged, and the blob under its final name is always complete.
+    async fn store_new(
+        &self,
+        record: &InstanceRecord,
+        path: tempfile::TempPath,
+        data_durable: impl std::future::Future<Output = std::io::Result<()>>,
+    ) -> Result<(), StoreError> {
+        let blob = async {
+            data_durable.await?;
+            let key = self.place_blob(path, &record.sha256).await?;
+            self.inner.blobs.make_durable(&key).await?;
+            Ok::<_, StoreError>(())
+        };
+        let (placed, indexed) = tokio::join!(blob, self.inner.index.insert_instance(record));
+        let failure = match (placed, indexed) {
             (Ok(()), Ok(())) => return Ok(()),
             (Err(e), Ok(())) => {
-                // The row is committed but the blob's placement is not durable: remove the
-                // row (never acknowledged), then the blob.
+                // The row is committed but its blob is not durable: remove the row (never
+                // acknowledged), then the blob.
                 if let Err(e) = self
                     .inner
                     .index
@@ -402,7 +425,7 @@ impl Archive {
                 {
                     tracing::warn!(error = %e, "could not remove the row of an unsynced blob");
                 }
-                StoreError::from(e)
+                e
             }
             (_, Err(e)) => e,
         };
@@ -430,7 +453,17 @@ impl Archive {
 
     /// The stored Part 10 file's bytes.
     pub async fn read_blob(&self, instance: &StoredInstance) -> Result<Vec<u8>, StoreError> {
-        match self.inner.blobs.read(&instance.blob_key).await {
+        let mut read = self.inner.blobs.read(&instance.blob_key).await;
+        if read
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            // A new instance's row commits while its blob is being placed (`store_new`);
+            // its put holds the stripe lock until both are done. Wait for it, read again.
+            drop(self.stripe(&instance.sop_instance_uid).lock().await);
+            read = self.inner.blobs.read(&instance.blob_key).await;
+        }
+        match read {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(
                 format!("blob of {}", instance.sop_instance_uid),
@@ -594,5 +627,60 @@ mod guard_tests {
             .await
             .unwrap();
         assert!(studies.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    /// A new instance's row can commit a moment before its blob is placed (`store_new`):
+    /// a read that finds no blob waits for the put of that instance, then reads again; with
+    /// no put in flight, a missing blob is NotFound at once.
+    #[tokio::test]
+    async fn a_read_that_finds_no_blob_waits_for_the_put_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(ArchiveConfig {
+            data_dir: dir.path().to_owned(),
+            duplicate_policy: DuplicatePolicy::KeepFirst,
+        })
+        .await
+        .unwrap();
+        let file = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../dicom-samples/studies/studies/0004_CR/CR0001.dcm"),
+        )
+        .unwrap();
+        let mut upload = archive.begin_file_upload().await.unwrap();
+        upload.write(&file).await.unwrap();
+        let source = Source::Stow {
+            user: "test".to_owned(),
+            peer: None,
+        };
+        let Ok(PutOutcome::Stored(instance)) = archive.put(upload, &source).await else {
+            panic!("the sample is stored");
+        };
+        let blob = dir.path().join("blobs").join(&instance.blob_key);
+        let aside = dir.path().join("aside.dcm");
+        std::fs::rename(&blob, &aside).unwrap();
+
+        // As during a put: the stripe is held and the blob is not yet in place.
+        let put_in_flight = archive.stripe(&instance.sop_instance_uid).lock().await;
+        let reader = tokio::spawn({
+            let archive = archive.clone();
+            let instance = instance.clone();
+            async move { archive.read_blob(&instance).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!reader.is_finished(), "the read waits for the put");
+        std::fs::rename(&aside, &blob).unwrap();
+        drop(put_in_flight);
+        assert_eq!(reader.await.unwrap().unwrap(), file);
+
+        std::fs::remove_file(&blob).unwrap();
+        assert!(matches!(
+            archive.read_blob(&instance).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

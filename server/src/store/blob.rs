@@ -38,6 +38,8 @@ pub trait BlobStore: Send + Sync + 'static {
         staged: &'a Path,
         sha256_hex: &'a str,
     ) -> BoxFuture<'a, io::Result<String>>;
+    /// The key [`BlobStore::place`] gives content with this SHA-256.
+    fn key_for(&self, sha256_hex: &str) -> io::Result<String>;
     /// Returns once the placement of `key` survives a crash.
     fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
     /// The blob's bytes.
@@ -178,6 +180,10 @@ impl BlobStore for FsBlobStore {
         let staged = staged.to_path_buf();
         let sha = sha256_hex.to_owned();
         Box::pin(blocking(move || this.place_blocking(&staged, &sha)))
+    }
+
+    fn key_for(&self, sha256_hex: &str) -> io::Result<String> {
+        key_for(sha256_hex)
     }
 
     fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
