@@ -562,13 +562,7 @@ mod guard_tests {
     /// `tmp/`, `blobs/` or the index.
     #[tokio::test]
     async fn a_huge_declared_length_is_refused_before_allocation_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(ArchiveConfig {
-            data_dir: dir.path().to_owned(),
-            duplicate_policy: DuplicatePolicy::KeepFirst,
-        })
-        .await
-        .unwrap();
+        let (dir, archive) = crate::store::temp_archive().await;
         let mut bomb = vec![0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0];
         bomb.extend_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
         bomb.push(0);
@@ -639,13 +633,7 @@ mod read_tests {
     /// no put in flight, a missing blob is NotFound at once.
     #[tokio::test]
     async fn a_read_that_finds_no_blob_waits_for_the_put_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(ArchiveConfig {
-            data_dir: dir.path().to_owned(),
-            duplicate_policy: DuplicatePolicy::KeepFirst,
-        })
-        .await
-        .unwrap();
+        let (dir, archive) = crate::store::temp_archive().await;
         let file = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../dicom-samples/studies/studies/0004_CR/CR0001.dcm"),

@@ -737,20 +737,7 @@ fn push_condition(qb: &mut QueryBuilder<'_, Sqlite>, fd: &Field, cond: &Conditio
         (_, Condition::Range { from, to }) => {
             // Empty (unknown) values never match a range.
             qb.push("(").push(expr).push(" <> ''");
-            if let Some(a) = from {
-                qb.push(" AND ")
-                    .push(expr)
-                    .push(" >= ")
-                    .push_bind(a.clone());
-            }
-            if let Some(b) = to {
-                qb.push(" AND substr(")
-                    .push(expr)
-                    .push(", 1, ")
-                    .push_bind(b.len() as i64)
-                    .push(") <= ")
-                    .push_bind(b.clone());
-            }
+            push_bounds(qb, expr, from.as_deref(), to.as_deref());
             qb.push(")");
         }
         (_, Condition::UidList(vs)) => {
@@ -801,21 +788,32 @@ fn combined_study_datetime(query: &Query) -> Option<DateTimeRange> {
 fn push_datetime_range(qb: &mut QueryBuilder<'_, Sqlite>, range: &DateTimeRange) {
     const DATETIME: &str = "(st.study_date || st.study_time)";
     qb.push("(st.study_date <> ''");
-    if let Some(from) = &range.from {
+    push_bounds(qb, DATETIME, range.from.as_deref(), range.to.as_deref());
+    qb.push(")");
+}
+
+/// ` AND expr >= from AND <expr's prefix as long as to> <= to`, for the bounds given: an
+/// upper bound compares as a prefix, so `-1015` includes `101500.123`.
+fn push_bounds(
+    qb: &mut QueryBuilder<'_, Sqlite>,
+    expr: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) {
+    if let Some(from) = from {
         qb.push(" AND ")
-            .push(DATETIME)
+            .push(expr)
             .push(" >= ")
-            .push_bind(from.clone());
+            .push_bind(from.to_owned());
     }
-    if let Some(to) = &range.to {
+    if let Some(to) = to {
         qb.push(" AND substr(")
-            .push(DATETIME)
+            .push(expr)
             .push(", 1, ")
             .push_bind(to.len() as i64)
             .push(") <= ")
-            .push_bind(to.clone());
+            .push_bind(to.to_owned());
     }
-    qb.push(")");
 }
 
 /// Validates the keys of a query against its level.
