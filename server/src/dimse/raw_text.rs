@@ -10,7 +10,7 @@
 //! of the text elements (PN, LO, SH, ST, LT, UT, UC) of the root and of every sequence item,
 //! decoding them with [`crate::store::charset`] and replacing the values in the parsed
 //! object. An item that declares its own SpecificCharacterSet is decoded with it (PS3.5
-//! §6.1.2.5.2 lets an item replace the data set's). Everything downstream (C-FIND key
+//! §7.5.3 lets an item replace the data set's). Everything downstream (C-FIND key
 //! parsing, DICOM JSON) then sees correct UTF-8.
 //!
 //! Limits: deflated data sets are not re-read (the token reader is not given an inflater

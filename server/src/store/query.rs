@@ -8,8 +8,8 @@
 //! `fuzzy_matching` a name also matches when any of its components starts with the
 //! pattern. Other strings match case-sensitively. Time ranges compare prefixes, so
 //! `-1015` includes `101500.123`; with `combined_datetime`, a StudyDate range and a
-//! StudyTime range make one date-time range. ModalitiesInStudy matches when any series of the study
-//! has one of the given modalities.
+//! StudyTime range make one date-time range. ModalitiesInStudy matches when any series of
+//! the study has one of the given modalities.
 //!
 //! Results: one [`AttributeSet`] per match with the QIDO-RS default attributes of the
 //! level (PS3.18 Table 6.7.1-2 for what the index holds), the unique keys of the levels
@@ -78,7 +78,7 @@ pub struct Query {
     pub include: Include,
     pub fuzzy_matching: bool,
     /// StudyDate and StudyTime ranges given together match as one date-time range
-    /// (PS3.4 C.2.2.2.5.1): `StudyDate=20240105-20240107&StudyTime=1000-1800` is from
+    /// (PS3.4 C.2.2.2.5): `StudyDate=20240105-20240107&StudyTime=1000-1800` is from
     /// 5 January 10:00 to 7 January 18:00, not 10:00–18:00 on each day. QIDO-RS always
     /// matches this way; C-FIND does not (it would need the SOP class extended
     /// negotiation's date-time matching flag, which we do not accept).
@@ -754,7 +754,6 @@ fn push_condition(qb: &mut QueryBuilder<'_, Sqlite>, fd: &Field, cond: &Conditio
 /// One date-time range made of a StudyDate range and a StudyTime range: each bound is the
 /// date's bound followed by the time's (a bound the date lacks is open, whatever the time
 /// says, since a time alone names no day).
-#[derive(Debug, PartialEq, Eq)]
 struct DateTimeRange {
     from: Option<String>,
     to: Option<String>,
