@@ -50,3 +50,37 @@ fn unknown_choices_are_refused() {
     assert!(err.to_string().contains("auto, wgpu, vulkan, cuda or cpu"));
     assert_eq!("vulkan".parse::<DeviceChoice>(), Ok(DeviceChoice::Vulkan));
 }
+
+/// `auto` on a machine without a GPU starts no device runtime: CubeCL's runtime threads
+/// (named `DSD-…`) never exit and wake every 150 µs. This file's other tests run in the same
+/// process, so the check reads the threads right after `auto` in its own process.
+#[test]
+fn auto_without_a_gpu_starts_no_device_thread() {
+    if std::env::var_os("RADSERVE_DEVICE_PROBE_CHILD").is_none() {
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "auto_without_a_gpu_starts_no_device_thread",
+                "--test-threads=1",
+            ])
+            .env("RADSERVE_DEVICE_PROBE_CHILD", "1")
+            .status()
+            .expect("the test binary runs again");
+        assert!(status.success(), "the check in a fresh process failed");
+        return;
+    }
+    let auto = select_device(DeviceChoice::Auto).expect("auto never fails");
+    if auto.is_gpu() {
+        return;
+    }
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("/proc (Linux)")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(
+        !threads.iter().any(|t| t.starts_with("DSD")),
+        "auto chose {} and left device threads: {threads:?}",
+        auto.backend
+    );
+}
