@@ -20,7 +20,7 @@
 
 use dicom_core::ops::{AttributeSelector, AttributeSelectorStep};
 use dicom_core::value::{PrimitiveValue, Value};
-use dicom_core::{DataElement, Tag, VR};
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::{Codec, TransferSyntax};
 use dicom_object::InMemDicomObject;
@@ -202,11 +202,7 @@ pub fn redecode_text(obj: &mut InMemDicomObject, dataset: &[u8], ts: &TransferSy
         } else {
             PrimitiveValue::Strs(values.into_iter().collect())
         };
-        if text.items.is_empty() {
-            obj.put(DataElement::new(text.tag, text.vr, value));
-            replaced += 1;
-            continue;
-        }
+        // The element is in `obj` (parsed from the same bytes): replace its value where it is.
         let steps = text
             .items
             .iter()
