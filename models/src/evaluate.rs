@@ -113,7 +113,7 @@ pub fn evaluate_segmenter(
     Ok(score_detection(
         &segmented,
         overlap.dice().unwrap_or(0.0),
-        options.min_lung_border_fraction,
+        &options,
     ))
 }
 
@@ -129,8 +129,8 @@ pub fn segment_scans(
     let [target_rows, target_columns] = manifest.input.target_size;
     let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
     let options = ComponentOptions {
-        min_lung_border_fraction: 0.0,
-        ..manifest.output.component_options()
+        min_volume_mm3: manifest.output.component_options().min_volume_mm3,
+        ..ComponentOptions::default()
     };
     let mut overlap = Overlap::default();
     let mut segmented = Vec::with_capacity(scans);
@@ -200,11 +200,11 @@ pub fn hits_nodule(centre: [f64; 3], nodule: &dicom_samples::ground_truth::Nodul
 }
 
 /// Detection sensitivity (nodules ≥ [`DETECTION_MIN_DIAMETER_MM`]) and false positives per
-/// scan, keeping the components whose lung border fraction is at least `min_lung_border`.
+/// scan, keeping the components that `rules` keep.
 pub fn score_detection(
     segmented: &[SegmentedScan],
     dice: f64,
-    min_lung_border: f64,
+    rules: &ComponentOptions,
 ) -> SegmentationMetrics {
     let min_diameter_mm = DETECTION_MIN_DIAMETER_MM;
     let (mut nodules, mut hits, mut false_positives) = (0usize, 0usize, 0usize);
@@ -212,7 +212,7 @@ pub fn score_detection(
         let found: Vec<_> = scan
             .components
             .iter()
-            .filter(|c| c.lung_border_fraction >= min_lung_border)
+            .filter(|c| rules.keeps(c.volume_mm3, c.lung_border_fraction, c.through_plane_ratio))
             .collect();
         for n in scan
             .truth

@@ -112,7 +112,7 @@ impl OutputSpec {
         self.components
             .unwrap_or(crate::postprocess::ComponentOptions {
                 min_volume_mm3: DEFAULT_MIN_COMPONENT_VOLUME_MM3,
-                min_lung_border_fraction: 0.0,
+                ..Default::default()
             })
     }
 }
@@ -339,18 +339,8 @@ fn validate(manifest: &Manifest, path: &Path) -> Result<(), PackageError> {
                 "output.components applies to segmentation models only".into(),
             ));
         }
-        if !(c.min_volume_mm3.is_finite() && c.min_volume_mm3 >= 0.0) {
-            return Err(spec(format!(
-                "output.components.min_volume_mm3 {} must be finite and not negative",
-                c.min_volume_mm3
-            )));
-        }
-        if !(0.0..=1.0).contains(&c.min_lung_border_fraction) {
-            return Err(spec(format!(
-                "output.components.min_lung_border_fraction {} must be within 0 and 1",
-                c.min_lung_border_fraction
-            )));
-        }
+        c.validate()
+            .map_err(|e| spec(format!("output.components: {e}")))?;
     }
     let expected_task = match manifest.architecture.output_kind() {
         OutputKind::Scores => OutputTask::MultiLabel,

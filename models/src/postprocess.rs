@@ -102,6 +102,15 @@ pub struct NoduleMeasurement {
     /// component inside the mediastinum or chest wall has none.
     #[serde(default)]
     pub lung_border_fraction: f64,
+    /// Extent along the slice normal (mm): the thicknesses of the slices from the first to
+    /// the last the component touches, summed.
+    #[serde(default)]
+    pub through_plane_extent_mm: f64,
+    /// [`Self::through_plane_extent_mm`] over the diameter of the sphere of the same volume.
+    /// About 1 for a nodule; well below 1 for a flat component, one or two slices thick but
+    /// wide in-plane — the shape of most of the demo segmenter's false positives.
+    #[serde(default)]
+    pub through_plane_ratio: f64,
 }
 
 /// Hounsfield units below which a voxel counts as aerated lung.
@@ -118,7 +127,14 @@ pub struct ComponentOptions {
     /// outside the lung and dropped. In 0..=1; 0 keeps every component.
     #[serde(default)]
     pub min_lung_border_fraction: f64,
+    /// Components whose [`NoduleMeasurement::through_plane_ratio`] is below this are flat,
+    /// not round, and dropped. In 0..=[`MAX_THROUGH_PLANE_RATIO`]; 0 keeps every component.
+    #[serde(default)]
+    pub min_through_plane_ratio: f64,
 }
+
+/// Largest accepted [`ComponentOptions::min_through_plane_ratio`]: a sphere measures about 1.
+pub const MAX_THROUGH_PLANE_RATIO: f64 = 2.0;
 
 impl Default for ComponentOptions {
     /// Keeps every component: which specks to drop is the caller's clinical choice.
@@ -126,7 +142,50 @@ impl Default for ComponentOptions {
         ComponentOptions {
             min_volume_mm3: 0.0,
             min_lung_border_fraction: 0.0,
+            min_through_plane_ratio: 0.0,
         }
+    }
+}
+
+impl ComponentOptions {
+    /// Refuses a rule no component could be measured against.
+    pub fn validate(&self) -> Result<(), PostprocessError> {
+        if !(self.min_volume_mm3.is_finite() && self.min_volume_mm3 >= 0.0) {
+            return Err(PostprocessError::MinVolume(self.min_volume_mm3));
+        }
+        if !(0.0..=1.0).contains(&self.min_lung_border_fraction) {
+            return Err(PostprocessError::MinLungBorder(
+                self.min_lung_border_fraction,
+            ));
+        }
+        if !(0.0..=MAX_THROUGH_PLANE_RATIO).contains(&self.min_through_plane_ratio) {
+            return Err(PostprocessError::MinThroughPlaneRatio(
+                self.min_through_plane_ratio,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a component of this volume, lung border and shape is a nodule by these rules.
+    pub fn keeps(
+        &self,
+        volume_mm3: f64,
+        lung_border_fraction: f64,
+        through_plane_ratio: f64,
+    ) -> bool {
+        volume_mm3 >= self.min_volume_mm3
+            && lung_border_fraction >= self.min_lung_border_fraction
+            && through_plane_ratio >= self.min_through_plane_ratio
+    }
+}
+
+/// Extent along the normal over the diameter of the sphere of the same volume.
+fn through_plane_ratio(extent_mm: f64, volume_mm3: f64) -> f64 {
+    let sphere_diameter = (6.0 * volume_mm3 / std::f64::consts::PI).cbrt();
+    if sphere_diameter > 0.0 {
+        extent_mm / sphere_diameter
+    } else {
+        0.0
     }
 }
 
@@ -181,10 +240,12 @@ pub enum PostprocessError {
         second: usize,
         position_mm: f64,
     },
-    #[error("minimum volume {0} mm³ must be finite and not negative")]
+    #[error("min_volume_mm3 = {0} must be finite and not negative")]
     MinVolume(f64),
-    #[error("minimum lung border fraction {0} must be within 0 and 1")]
+    #[error("min_lung_border_fraction = {0} must be within 0 and 1")]
     MinLungBorder(f64),
+    #[error("min_through_plane_ratio = {0} must be within 0 and {MAX_THROUGH_PLANE_RATIO}")]
+    MinThroughPlaneRatio(f64),
     #[error(
         "slice {slice}, row {row}, column {column}: HU value {value} under the mask is not finite"
     )]
@@ -225,14 +286,7 @@ pub fn measure_nodules(
     volume: &MaskVolume,
     options: &ComponentOptions,
 ) -> Result<Vec<NoduleMeasurement>, PostprocessError> {
-    let min_volume = options.min_volume_mm3;
-    if !(min_volume.is_finite() && min_volume >= 0.0) {
-        return Err(PostprocessError::MinVolume(min_volume));
-    }
-    let min_lung = options.min_lung_border_fraction;
-    if !(0.0..=1.0).contains(&min_lung) {
-        return Err(PostprocessError::MinLungBorder(min_lung));
-    }
+    options.validate()?;
     let (rows, columns) = (volume.rows, volume.columns);
     let voxels = checked_voxel_count(rows, columns, volume.slices.len())?;
     check_length("mask", voxels, volume.mask.len())?;
@@ -288,18 +342,31 @@ pub fn measure_nodules(
 
     // Index 0 is the background label, never kept.
     let mut keep = vec![false; count as usize + 1];
-    for (index, component) in totals.iter().enumerate() {
-        keep[index + 1] =
-            component.volume_mm3 >= min_volume && component.lung_border_fraction() >= min_lung;
+    let extents: Vec<f64> = totals
+        .iter()
+        .map(|c| {
+            stack.frames[c.first_sorted_slice..=c.last_sorted_slice]
+                .iter()
+                .map(|frame| frame.thickness_mm)
+                .sum()
+        })
+        .collect();
+    for (index, (component, &extent)) in totals.iter().zip(&extents).enumerate() {
+        keep[index + 1] = options.keeps(
+            component.volume_mm3,
+            component.lung_border_fraction(),
+            through_plane_ratio(extent, component.volume_mm3),
+        );
     }
     let diameters = longest_axial_diameters(&stack, &labels, rows, columns, &keep, &totals);
 
     let mut nodules: Vec<NoduleMeasurement> = totals
         .iter()
         .zip(&diameters)
+        .zip(&extents)
         .zip(&keep[1..])
         .filter(|(_, kept)| **kept)
-        .map(|((component, &diameter), _)| {
+        .map(|(((component, &diameter), &extent), _)| {
             let ends = [
                 stack.order[component.first_sorted_slice],
                 stack.order[component.last_sorted_slice],
@@ -314,6 +381,8 @@ pub fn measure_nodules(
                 slice_range: [ends[0].min(ends[1]), ends[0].max(ends[1])],
                 voxel_count: component.voxel_count,
                 lung_border_fraction: component.lung_border_fraction(),
+                through_plane_extent_mm: extent,
+                through_plane_ratio: through_plane_ratio(extent, component.volume_mm3),
             }
         })
         .collect();
@@ -322,7 +391,7 @@ pub fn measure_nodules(
     tracing::debug!(
         components = count,
         nodules = nodules.len(),
-        min_volume_mm3 = min_volume,
+        min_volume_mm3 = options.min_volume_mm3,
         "measured segmentation components"
     );
     Ok(nodules)
@@ -434,6 +503,8 @@ struct SliceFrame {
     row_step_mm: [f64; 3],
     /// PixelSpacing: row spacing, column spacing (mm).
     pixel_spacing_mm: [f64; 2],
+    /// Along the normal, half the distance to each neighbour (see the module docs), mm.
+    thickness_mm: f64,
     voxel_volume_mm3: f64,
 }
 
@@ -505,6 +576,7 @@ impl SortedStack {
                     column_step_mm: normalize(slice.row_direction).map(|v| v * column_spacing),
                     row_step_mm: normalize(slice.column_direction).map(|v| v * row_spacing),
                     pixel_spacing_mm: slice.pixel_spacing_mm,
+                    thickness_mm,
                     voxel_volume_mm3: row_spacing * column_spacing * thickness_mm,
                 }
             })
@@ -784,6 +856,65 @@ mod tests {
             assert!(matches!(
                 measure_nodules(&stack.volume(), &options),
                 Err(PostprocessError::MinLungBorder(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn flat_components_are_told_from_round_ones_by_their_through_plane_ratio() {
+        // 1 mm voxels, 16 slices. A ball of radius 4 mm, and a disc of radius 5 mm one
+        // slice thick: about as wide as the ball, but flat.
+        let z: Vec<f64> = (0..16).map(f64::from).collect();
+        let mut stack = Stack::axial(32, 32, &z, [1.0, 1.0]);
+        for slice in 0..16 {
+            for row in 0..32 {
+                for column in 0..32 {
+                    let (dz, dr, dc) = (slice as f64 - 8.0, row as f64 - 8.0, column as f64 - 8.0);
+                    if dz * dz + dr * dr + dc * dc <= 16.0 {
+                        stack.set(slice, row, column, 30.0);
+                    }
+                    let (dr, dc) = (row as f64 - 22.0, column as f64 - 22.0);
+                    if slice == 3 && dr * dr + dc * dc <= 25.0 {
+                        stack.set(slice, row, column, 30.0);
+                    }
+                }
+            }
+        }
+        let all = measure_nodules(&stack.volume(), &ComponentOptions::default()).unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
+        let (ball, disc) = if all[0].slice_range[0] == all[0].slice_range[1] {
+            (&all[1], &all[0])
+        } else {
+            (&all[0], &all[1])
+        };
+        // The ball spans slices 4..=12: nine 1 mm slices.
+        assert_eq!(ball.slice_range, [4, 12]);
+        assert!(
+            (ball.through_plane_extent_mm - 9.0).abs() < 1e-9,
+            "{ball:?}"
+        );
+        assert!((0.9..1.3).contains(&ball.through_plane_ratio), "{ball:?}");
+        assert!(
+            (disc.through_plane_extent_mm - 1.0).abs() < 1e-9,
+            "{disc:?}"
+        );
+        assert!(disc.through_plane_ratio < 0.25, "{disc:?}");
+
+        let options = ComponentOptions {
+            min_through_plane_ratio: 0.5,
+            ..ComponentOptions::default()
+        };
+        let kept = measure_nodules(&stack.volume(), &options).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].slice_range, [4, 12], "the ball stays: {kept:?}");
+        for bad in [-0.1, 2.5, f64::NAN] {
+            let options = ComponentOptions {
+                min_through_plane_ratio: bad,
+                ..ComponentOptions::default()
+            };
+            assert!(matches!(
+                measure_nodules(&stack.volume(), &options),
+                Err(PostprocessError::MinThroughPlaneRatio(_))
             ));
         }
     }

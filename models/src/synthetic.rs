@@ -25,6 +25,9 @@ const XRAY_FIELD_MM: f64 = 358.4;
 pub struct XrayExample {
     pub image: Vec<f32>,
     pub labels: [f32; 4],
+    /// The nodule's bounding box as fractions of the image: first column, first row, last
+    /// column, last row (0..1). The trainer uses it to tell the class map where to look.
+    pub nodule_box: Option<[f32; 4]>,
 }
 
 /// `count` radiographs from `seed`: each label present with probability 0.4, MONOCHROME1 in
@@ -67,7 +70,17 @@ pub fn xray_examples(
         let mut image = Vec::new();
         preprocess::prepare(&source, spec, &mut image)?;
         let labels = XRAY_LABELS.map(|label| if findings.contains(&label) { 1.0 } else { 0.0 });
-        examples.push(XrayExample { image, labels });
+        let edge = XRAY_RENDER_EDGE as f32;
+        let nodule_box = rendered
+            .findings
+            .iter()
+            .find(|f| f.label == XrayLabel::Nodule)
+            .map(|f| f.bbox_px.map(|v| v as f32 / edge));
+        examples.push(XrayExample {
+            image,
+            labels,
+            nodule_box,
+        });
     }
     Ok(examples)
 }
@@ -118,15 +131,21 @@ pub fn ct_slice_example(
     Ok(CtSliceExample { image, mask })
 }
 
-/// Slices of `phantom` worth training on: every slice a nodule touches, and a few others.
-pub fn ct_training_slices(phantom: &CtPhantom, rng: &mut impl Rng) -> Vec<usize> {
+/// Slices of `phantom` worth training on: every slice a nodule touches, and
+/// `others_per_nodule_slice` times as many drawn at random (rounded up; duplicates dropped).
+pub fn ct_training_slices(
+    phantom: &CtPhantom,
+    others_per_nodule_slice: f64,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
     let truth: Vec<NoduleTruth> = phantom.nodule_truth();
     let mut slices: Vec<usize> = truth
         .iter()
         .flat_map(|n| n.slice_range[0]..=n.slice_range[1])
         .collect();
     let positives = slices.len().max(1);
-    for _ in 0..positives.div_ceil(2) {
+    let others = (positives as f64 * others_per_nodule_slice.max(0.0)).ceil() as usize;
+    for _ in 0..others {
         slices.push(rng.random_range(0..phantom.geometry.slices));
     }
     slices.sort_unstable();

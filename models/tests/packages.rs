@@ -250,6 +250,10 @@ fn component_rules_are_read_from_the_package_and_checked() {
             "min_lung_border_fraction = 1.5",
         ),
         ("min_volume_mm3 = 10.0", "min_volume_mm3 = -1.0"),
+        (
+            "min_lung_border_fraction = 0.4",
+            "min_through_plane_ratio = 2.5",
+        ),
     ] {
         let broken = broken_copy("ct-lung-nodule");
         edit_manifest(

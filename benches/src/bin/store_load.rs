@@ -117,6 +117,9 @@ fn main() -> anyhow::Result<()> {
 
         let data = work.path().join(format!("radserve-{}", dirs.len()));
         let server = RadServe::serve([OsString::from("--data"), data.into_os_string()]);
+        // The demo models load and warm up on both cores for a second or two after the
+        // listening line: measured then, storage would share the CPU with them.
+        server.wait_ready();
         results.push(measure(
             format!("radserve, C-STORE, {label}"),
             files.len(),
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         .args(["serve", "--dicom-port", "0", "--http-port", "0", "--data"])
         .arg(&data);
     let server = RadServe::start(cmd);
+    server.wait_ready();
     results.push(measure(
         format!("radserve, STOW-RS, {} per request", args.stow_batch),
         files.len(),

@@ -33,6 +33,33 @@ pub struct DenseNetConfig {
     /// Bottleneck width as a multiple of the growth rate (4 in the paper).
     #[serde(default = "default_bn_size")]
     pub bn_size: usize,
+    /// How the last feature map becomes one score per output. torchvision averages.
+    #[serde(default, skip_serializing_if = "Pooling::is_average")]
+    pub pooling: Pooling,
+}
+
+/// How DenseNet's final feature map is reduced to one logit per output.
+///
+/// `Average` is torchvision's (average the features, then the classifier). `LogSumExp`
+/// applies the classifier at every location first — a class activation map — and pools each
+/// output's map with log-mean-exp (Pinheiro & Collobert 2015, used for chest radiographs by
+/// Wang et al. 2017). Sharpness r → 0 gives the average, r → ∞ the maximum: a finding that
+/// covers a few locations, like a nodule, is not diluted by the rest of the image. The
+/// classifier's weights have the same shape either way, so torchvision weights still load.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pooling {
+    #[default]
+    Average,
+    LogSumExp {
+        sharpness: f64,
+    },
+}
+
+impl Pooling {
+    fn is_average(&self) -> bool {
+        matches!(self, Pooling::Average)
+    }
 }
 
 fn default_growth_rate() -> usize {
@@ -58,6 +85,7 @@ impl DenseNetConfig {
             block_config: default_block_config(),
             num_init_features: default_init_features(),
             bn_size: default_bn_size(),
+            pooling: Pooling::Average,
         }
     }
 
@@ -69,6 +97,13 @@ impl DenseNetConfig {
         super::check_range("bn_size", self.bn_size, 1, 16)?;
         for (block, &layers) in self.block_config.iter().enumerate() {
             super::check_range(&format!("block_config[{block}]"), layers, 1, 128)?;
+        }
+        if let Pooling::LogSumExp { sharpness } = self.pooling
+            && !(sharpness.is_finite() && (0.01..=100.0).contains(&sharpness))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "pooling sharpness = {sharpness} is outside 0.01..=100"
+            )));
         }
         Ok(())
     }
@@ -119,6 +154,7 @@ impl DenseNetConfig {
         Ok(DenseNet {
             features,
             classifier: LinearConfig::new(channels, self.num_outputs).init(device),
+            pooling: self.pooling,
         })
     }
 }
@@ -127,6 +163,8 @@ impl DenseNetConfig {
 pub struct DenseNet {
     features: Features,
     classifier: Linear,
+    #[module(skip)]
+    pooling: Pooling,
 }
 
 #[derive(Module, Debug)]
@@ -147,17 +185,57 @@ struct Features {
 impl DenseNet {
     /// Images `[batch, channels, height, width]` → logits `[batch, outputs]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self.pooling {
+            // torchvision's order (average, then classify), kept for exact weight parity.
+            Pooling::Average => {
+                let pooled: Tensor<2> = self.features(images).mean_dim(3).mean_dim(2).flatten(1, 3);
+                self.classifier.forward(pooled)
+            }
+            Pooling::LogSumExp { .. } => self.pool_class_maps(self.class_maps(images)),
+        }
+    }
+
+    /// The classifier applied at every location of the last feature map: logits
+    /// `[batch, height, width, outputs]` (one location per 32 image pixels).
+    pub fn class_maps(&self, images: Tensor<4>) -> Tensor<4> {
+        self.classifier
+            .forward(self.features(images).permute([0, 2, 3, 1]))
+    }
+
+    /// Class maps from [`Self::class_maps`] → one logit per output, by this network's pooling.
+    pub fn pool_class_maps(&self, maps: Tensor<4>) -> Tensor<2> {
+        let [batch, height, width, outputs] = maps.dims();
+        let locations = maps.reshape([batch, height * width, outputs]);
+        match self.pooling {
+            Pooling::Average => locations.mean_dim(1).reshape([batch, outputs]),
+            Pooling::LogSumExp { sharpness } => log_mean_exp(locations, sharpness as f32),
+        }
+    }
+
+    /// The last feature map, after the ReLU torchvision applies outside `features`.
+    fn features(&self, images: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
         let x = relu(f.norm0.forward(f.conv0.forward(images)));
         let x = f.pool0.forward(x);
         let x = f.transition1.forward(f.denseblock1.forward(x));
         let x = f.transition2.forward(f.denseblock2.forward(x));
         let x = f.transition3.forward(f.denseblock3.forward(x));
-        let x = f.norm5.forward(f.denseblock4.forward(x));
-        // torchvision applies a ReLU after the last norm, outside `features`.
-        let pooled: Tensor<2> = relu(x).mean_dim(3).mean_dim(2).flatten(1, 3);
-        self.classifier.forward(pooled)
+        relu(f.norm5.forward(f.denseblock4.forward(x)))
     }
+}
+
+/// `(1/r)·log(mean(exp(r·s)))` over dimension 1 of `[B, N, K]`, shifted by the maximum so
+/// that exp cannot overflow → `[B, K]`.
+fn log_mean_exp(scores: Tensor<3>, sharpness: f32) -> Tensor<2> {
+    let [batch, _, outputs] = scores.dims();
+    let peak = scores.clone().max_dim(1);
+    let spread = (scores - peak.clone())
+        .mul_scalar(sharpness)
+        .exp()
+        .mean_dim(1)
+        .log()
+        .div_scalar(sharpness);
+    (peak + spread).reshape([batch, outputs])
 }
 
 #[derive(Module, Debug)]
@@ -244,5 +322,105 @@ impl Transition {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pool
             .forward(self.conv.forward(relu(self.norm.forward(x))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn small(pooling: Pooling) -> DenseNetConfig {
+        DenseNetConfig {
+            growth_rate: 4,
+            block_config: [1, 1, 1, 1],
+            num_init_features: 8,
+            bn_size: 2,
+            pooling,
+            ..DenseNetConfig::densenet121(1, 3)
+        }
+    }
+
+    /// The same seeded weights under two poolings, on one seeded image batch.
+    fn logits(pooling: Pooling) -> Vec<f32> {
+        let device = Device::flex();
+        device.seed(7);
+        let network = small(pooling).init(&device).expect("valid config");
+        let pixels: Vec<f32> = (0..2 * 64 * 64)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let images = Tensor::<4>::from_data(TensorData::new(pixels, [2, 1, 64, 64]), &device);
+        network
+            .forward(images)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 logits")
+    }
+
+    #[test]
+    fn log_mean_exp_pooling_spans_average_to_maximum() {
+        let device = Device::flex();
+        // One batch, four locations, two outputs.
+        let scores = Tensor::<3>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 2.0, 1.0, 4.0, 1.0, 10.0, 1.0], [1, 4, 2]),
+            &device,
+        );
+        let pooled = |r: f32| {
+            log_mean_exp(scores.clone(), r)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32")
+        };
+        let soft = pooled(0.01);
+        assert!((soft[0] - 4.0).abs() < 0.1, "r → 0 averages: {soft:?}");
+        assert!((soft[1] - 1.0).abs() < 1e-4, "constant map: {soft:?}");
+        let sharp = pooled(100.0);
+        assert!(
+            (sharp[0] - 10.0).abs() < 0.02,
+            "r → ∞ takes the peak: {sharp:?}"
+        );
+        // r = 1: ln((e^0 + e^2 + e^4 + e^10) / 4), computed in f64.
+        let exact = (([0.0f64, 2.0, 4.0, 10.0]
+            .iter()
+            .map(|v| v.exp())
+            .sum::<f64>())
+            / 4.0)
+            .ln();
+        assert!((f64::from(pooled(1.0)[0]) - exact).abs() < 1e-4);
+    }
+
+    #[test]
+    fn class_map_pooling_keeps_torchvision_weights_and_bounds_the_average() {
+        let average = logits(Pooling::Average);
+        let soft = logits(Pooling::LogSumExp { sharpness: 0.01 });
+        let sharp = logits(Pooling::LogSumExp { sharpness: 5.0 });
+        assert_eq!(average.len(), 6);
+        for ((a, s), m) in average.iter().zip(&soft).zip(&sharp) {
+            // The classifier is linear, so scoring every location and then averaging is
+            // averaging and then scoring; log-mean-exp is never below the mean (Jensen).
+            assert!(
+                (a - s).abs() < 1e-3,
+                "r → 0 should match average: {a} vs {s}"
+            );
+            assert!(*m >= a - 1e-5, "log-mean-exp below the mean: {m} < {a}");
+        }
+        assert_ne!(average, sharp, "r = 5 should differ from the average");
+    }
+
+    #[test]
+    fn pooling_is_read_from_the_architecture_table_and_checked() {
+        let config: DenseNetConfig = toml::from_str(
+            "in_channels = 1\nnum_outputs = 2\n[pooling]\nkind = \"log_sum_exp\"\nsharpness = 5.0\n",
+        )
+        .expect("parses");
+        assert_eq!(config.pooling, Pooling::LogSumExp { sharpness: 5.0 });
+        let plain: DenseNetConfig =
+            toml::from_str("in_channels = 1\nnum_outputs = 2\n").expect("parses");
+        assert_eq!(plain.pooling, Pooling::Average, "torchvision's by default");
+        let bad = small(Pooling::LogSumExp { sharpness: 0.0 }).validate();
+        assert!(
+            matches!(&bad, Err(ConfigError::Invalid(m)) if m.contains("sharpness")),
+            "{bad:?}"
+        );
     }
 }

@@ -15,7 +15,9 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, Parser, Subcommand};
+use dicom_samples::ground_truth::XrayLabel;
 use indicatif::{ProgressBar, ProgressStyle};
+use radserve_models::architecture::densenet::Pooling;
 use radserve_models::architecture::{ArchitectureConfig, DenseNetConfig, Network, UNetConfig};
 use radserve_models::evaluate;
 use radserve_models::model::LoadedModel;
@@ -70,6 +72,19 @@ struct TrainArgs {
     /// Edge of the network's square input (pixels).
     #[arg(long)]
     input_size: Option<usize>,
+    /// Classifier only: pool the class activation maps with log-mean-exp of this sharpness
+    /// (small findings such as nodules are not averaged away); without it, torchvision's
+    /// global average pooling.
+    #[arg(long)]
+    lse_sharpness: Option<f64>,
+    /// Classifier only: weight of a second loss that teaches the nodule class map where the
+    /// ground truth's nodule is; 0 trains from the labels alone.
+    #[arg(long, default_value_t = 0.0)]
+    location_weight: f64,
+    /// Segmenter only: slices without a nodule drawn at random per slice with one (most
+    /// false positives lie in the mediastinum and chest wall, which these slices show).
+    #[arg(long, default_value_t = 0.5)]
+    other_slices: f64,
 }
 
 fn main() -> Result<()> {
@@ -93,6 +108,12 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     }
     if !(args.learning_rate.is_finite() && args.learning_rate > 0.0) {
         bail!("--learning-rate must be positive");
+    }
+    if !(args.location_weight.is_finite() && args.location_weight >= 0.0) {
+        bail!("--location-weight must be 0 or more");
+    }
+    if !(args.other_slices.is_finite() && (0.0..=20.0).contains(&args.other_slices)) {
+        bail!("--other-slices must be within 0 and 20");
     }
     Ok(())
 }
@@ -278,6 +299,9 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
             block_config: [3, 6, 12, 8],
             num_init_features: 24,
             bn_size: 4,
+            pooling: args
+                .lse_sharpness
+                .map_or(Pooling::Average, |sharpness| Pooling::LogSumExp { sharpness }),
         }),
         input: InputSpec {
             modalities: vec!["DX".into(), "CR".into()],
@@ -310,6 +334,25 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
     }
 }
 
+/// 1 for each class-map cell the nodule's box (fractions of the image) overlaps, else 0;
+/// all 0 without a nodule.
+fn nodule_cells(nodule_box: Option<[f32; 4]>, rows: usize, columns: usize) -> Vec<f32> {
+    let mut cells = vec![0.0; rows * columns];
+    if let Some([left, top, right, bottom]) = nodule_box {
+        let span = |from: f32, to: f32, n: usize| {
+            let first = ((from * n as f32).floor().max(0.0) as usize).min(n - 1);
+            let last = ((to * n as f32).floor().max(0.0) as usize).min(n - 1);
+            first..=last
+        };
+        for row in span(top, bottom, rows) {
+            for column in span(left, right, columns) {
+                cells[row * columns + column] = 1.0;
+            }
+        }
+    }
+    cells
+}
+
 fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     check_args(args)?;
     let studies = args.studies.unwrap_or(1600);
@@ -319,6 +362,10 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     let ArchitectureConfig::Densenet(config) = manifest.architecture.clone() else {
         bail!("the classifier is a DenseNet");
     };
+    let nodule_output = synthetic::XRAY_LABELS
+        .iter()
+        .position(|label| *label == XrayLabel::Nodule)
+        .context("the classifier has a nodule output")?;
     let started = Instant::now();
     println!("rendering {studies} training radiographs…");
     let examples = synthetic::xray_examples(args.seed, studies, &manifest.input)?;
@@ -350,7 +397,30 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
             );
             let targets =
                 Tensor::<2>::from_data(TensorData::new(targets, [batch.len(), 4]), &device);
-            let loss = bce_with_logits(model.forward(images), targets);
+            let loss = if args.location_weight > 0.0 {
+                let maps = model.class_maps(images);
+                let [_, map_rows, map_columns, _] = maps.dims();
+                // The label alone says "somewhere": a nodule is a few pixels of the image.
+                // The truth's box says where, so the nodule's class map is also taught
+                // cell by cell.
+                let mut cells = Vec::with_capacity(batch.len() * map_rows * map_columns);
+                for &i in batch {
+                    cells.extend(nodule_cells(examples[i].nodule_box, map_rows, map_columns));
+                }
+                let cells = Tensor::<3>::from_data(
+                    TensorData::new(cells, [batch.len(), map_rows, map_columns]),
+                    &device,
+                );
+                let nodule_map = maps.clone().narrow(3, nodule_output, 1).reshape([
+                    batch.len(),
+                    map_rows,
+                    map_columns,
+                ]);
+                bce_with_logits(model.pool_class_maps(maps), targets)
+                    + bce_with_logits(nodule_map, cells).mul_scalar(args.location_weight)
+            } else {
+                bce_with_logits(model.forward(images), targets)
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             bar.set_prefix(format!("{:.4}", scalar(loss)));
             model = optimizer.step(lr, model, grads);
@@ -404,7 +474,7 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
             args,
             command,
             eval,
-            format!("slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and half as many others", args.seed),
+            format!("slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and {} times as many others", args.seed, args.other_slices),
             format!("{eval} held-out synthetic CTs of 80 slices, seed {}; Dice on the 512×512 grid; detection for nodules ≥ 6 mm", args.eval_seed),
         ),
         metrics: BTreeMap::new(),
@@ -433,7 +503,7 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
             continue;
         };
         scans += 1;
-        for index in synthetic::ct_training_slices(&phantom, &mut rng) {
+        for index in synthetic::ct_training_slices(&phantom, args.other_slices, &mut rng) {
             examples.push(synthetic::ct_slice_example(
                 &phantom,
                 index,
