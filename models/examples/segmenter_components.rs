@@ -33,11 +33,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for c in &scan.components {
             let hit = scan.truth.iter().find(|n| hits_nodule(c.center_mm, n));
             println!(
-                "| {i} | {:.0} | {} | {:.2} | {:.2} | {} |",
+                "| {i} | {:.0} | {} | {:.2} | {} | {} |",
                 c.volume_mm3,
                 c.slice_range[1] - c.slice_range[0] + 1,
                 c.lung_border_fraction,
-                c.through_plane_ratio,
+                c.through_plane_ratio
+                    .map_or("cut by the scan".to_owned(), |r| format!("{r:.2}")),
                 hit.map_or("no".to_owned(), |n| format!("{:.1}", n.diameter_mm))
             );
         }

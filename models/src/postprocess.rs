@@ -108,9 +108,11 @@ pub struct NoduleMeasurement {
     pub through_plane_extent_mm: f64,
     /// [`Self::through_plane_extent_mm`] over the diameter of the sphere of the same volume.
     /// About 1 for a nodule; well below 1 for a flat component, one or two slices thick but
-    /// wide in-plane — the shape of most of the demo segmenter's false positives.
+    /// wide in-plane — a shape many of the demo segmenter's false positives have. `None`
+    /// when the component reaches the first or last slice: the scan cuts it, so its extent
+    /// says nothing of its shape.
     #[serde(default)]
-    pub through_plane_ratio: f64,
+    pub through_plane_ratio: Option<f64>,
 }
 
 /// Hounsfield units below which a voxel counts as aerated lung.
@@ -128,7 +130,8 @@ pub struct ComponentOptions {
     #[serde(default)]
     pub min_lung_border_fraction: f64,
     /// Components whose [`NoduleMeasurement::through_plane_ratio`] is below this are flat,
-    /// not round, and dropped. In 0..=[`MAX_THROUGH_PLANE_RATIO`]; 0 keeps every component.
+    /// not round, and dropped; one the scan cuts (no ratio) is kept. In
+    /// 0..=[`MAX_THROUGH_PLANE_RATIO`]; 0 keeps every component.
     #[serde(default)]
     pub min_through_plane_ratio: f64,
 }
@@ -171,22 +174,26 @@ impl ComponentOptions {
         &self,
         volume_mm3: f64,
         lung_border_fraction: f64,
-        through_plane_ratio: f64,
+        through_plane_ratio: Option<f64>,
     ) -> bool {
         volume_mm3 >= self.min_volume_mm3
             && lung_border_fraction >= self.min_lung_border_fraction
-            && through_plane_ratio >= self.min_through_plane_ratio
+            && through_plane_ratio.is_none_or(|ratio| ratio >= self.min_through_plane_ratio)
     }
 }
 
-/// Extent along the normal over the diameter of the sphere of the same volume.
-fn through_plane_ratio(extent_mm: f64, volume_mm3: f64) -> f64 {
-    let sphere_diameter = (6.0 * volume_mm3 / std::f64::consts::PI).cbrt();
-    if sphere_diameter > 0.0 {
+/// Extent along the normal over the diameter of the sphere of the same volume; `None` for
+/// a component on the first or last of `slices` sorted slices (cut by the scan).
+fn through_plane_ratio(component: &ComponentTotals, extent_mm: f64, slices: usize) -> Option<f64> {
+    if component.first_sorted_slice == 0 || component.last_sorted_slice + 1 >= slices {
+        return None;
+    }
+    let sphere_diameter = (6.0 * component.volume_mm3 / std::f64::consts::PI).cbrt();
+    Some(if sphere_diameter > 0.0 {
         extent_mm / sphere_diameter
     } else {
         0.0
-    }
+    })
 }
 
 /// Why a volume could not be labelled or measured: all of them are faults of the input.
@@ -355,7 +362,7 @@ pub fn measure_nodules(
         keep[index + 1] = options.keeps(
             component.volume_mm3,
             component.lung_border_fraction(),
-            through_plane_ratio(extent, component.volume_mm3),
+            through_plane_ratio(component, extent, stack.frames.len()),
         );
     }
     let diameters = longest_axial_diameters(&stack, &labels, rows, columns, &keep, &totals);
@@ -382,7 +389,7 @@ pub fn measure_nodules(
                 voxel_count: component.voxel_count,
                 lung_border_fraction: component.lung_border_fraction(),
                 through_plane_extent_mm: extent,
-                through_plane_ratio: through_plane_ratio(extent, component.volume_mm3),
+                through_plane_ratio: through_plane_ratio(component, extent, stack.frames.len()),
             }
         })
         .collect();
@@ -893,12 +900,19 @@ mod tests {
             (ball.through_plane_extent_mm - 9.0).abs() < 1e-9,
             "{ball:?}"
         );
-        assert!((0.9..1.3).contains(&ball.through_plane_ratio), "{ball:?}");
+        assert!(
+            ball.through_plane_ratio
+                .is_some_and(|r| (0.9..1.3).contains(&r)),
+            "{ball:?}"
+        );
         assert!(
             (disc.through_plane_extent_mm - 1.0).abs() < 1e-9,
             "{disc:?}"
         );
-        assert!(disc.through_plane_ratio < 0.25, "{disc:?}");
+        assert!(
+            disc.through_plane_ratio.is_some_and(|r| r < 0.25),
+            "{disc:?}"
+        );
 
         let options = ComponentOptions {
             min_through_plane_ratio: 0.5,
@@ -907,6 +921,26 @@ mod tests {
         let kept = measure_nodules(&stack.volume(), &options).unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].slice_range, [4, 12], "the ball stays: {kept:?}");
+
+        // The same disc on the first slice: the scan may cut what lies beyond, so its shape
+        // is unknown and the rule keeps it.
+        let mut cut = stack.clone();
+        for row in 0..32 {
+            for column in 0..32 {
+                let (dr, dc) = (row as f64 - 22.0, column as f64 - 22.0);
+                if dr * dr + dc * dc <= 25.0 {
+                    cut.mask[(3 * 32 + row) * 32 + column] = 0;
+                    cut.set(0, row, column, 30.0);
+                }
+            }
+        }
+        let kept = measure_nodules(&cut.volume(), &options).unwrap();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(
+            kept.iter()
+                .any(|n| n.slice_range == [0, 0] && n.through_plane_ratio.is_none()),
+            "{kept:?}"
+        );
         for bad in [-0.1, 2.5, f64::NAN] {
             let options = ComponentOptions {
                 min_through_plane_ratio: bad,

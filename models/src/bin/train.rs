@@ -22,9 +22,11 @@ use radserve_models::architecture::{ArchitectureConfig, DenseNetConfig, Network,
 use radserve_models::evaluate;
 use radserve_models::model::LoadedModel;
 use radserve_models::package::{
-    CodedConcept, InputSpec, Intensity, LabelSpec, Manifest, ModelInfo, ModelPackage,
-    Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo, WeightsInfo, sha256_hex,
+    CodedConcept, DEFAULT_MIN_COMPONENT_VOLUME_MM3, InputSpec, Intensity, LabelSpec, Manifest,
+    ModelInfo, ModelPackage, Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo,
+    WeightsInfo, sha256_hex,
 };
+use radserve_models::postprocess::ComponentOptions;
 use radserve_models::synthetic;
 use radserve_models::weights;
 use rand::SeedableRng;
@@ -233,6 +235,12 @@ fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
         card += &format!(
             "| {} | {} {} | {} | {} |\n",
             label.name, label.code.scheme, label.code.value, label.code.meaning, label.threshold
+        );
+    }
+    if let Some(c) = &manifest.output.components {
+        card += &format!(
+            "\nMask components kept as nodules: volume ≥ {} mm³, lung border fraction ≥ {}, through-plane ratio ≥ {} (`[output.components]`).\n",
+            c.min_volume_mm3, c.min_lung_border_fraction, c.min_through_plane_ratio
         );
     }
     card += &format!(
@@ -466,8 +474,9 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
         output: OutputSpec {
             kind: OutputTask::Segmentation,
             labels: vec![label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))],
-            // The lung-border rule is off by default: on the sets measured it cut false
-            // positives by a third at 0.1 but lost nodules on one of them (MODEL_CARD.md).
+            // Component rules stay off (MODEL_CARD.md): the lung-border rule lost nodules
+            // that touch the pleura; the flat-component rule, chosen on validation seeds,
+            // lost a nodule in the end-to-end pipeline study.
             components: None,
         },
         training: training_info(
