@@ -22,11 +22,9 @@ use radserve_models::architecture::{ArchitectureConfig, DenseNetConfig, Network,
 use radserve_models::evaluate;
 use radserve_models::model::LoadedModel;
 use radserve_models::package::{
-    CodedConcept, DEFAULT_MIN_COMPONENT_VOLUME_MM3, InputSpec, Intensity, LabelSpec, Manifest,
-    ModelInfo, ModelPackage, Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo,
-    WeightsInfo, sha256_hex,
+    CodedConcept, InputSpec, Intensity, LabelSpec, Manifest, ModelInfo, ModelPackage,
+    Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo, WeightsInfo, sha256_hex,
 };
-use radserve_models::postprocess::ComponentOptions;
 use radserve_models::synthetic;
 use radserve_models::weights;
 use rand::SeedableRng;
