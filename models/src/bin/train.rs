@@ -574,3 +574,28 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         ]))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::nodule_cells;
+
+    fn marked(cells: &[f32], columns: usize) -> Vec<(usize, usize)> {
+        cells
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v == 1.0)
+            .map(|(i, _)| (i / columns, i % columns))
+            .collect()
+    }
+
+    #[test]
+    fn nodule_cells_mark_the_cells_the_box_overlaps() {
+        // Columns 0.30–0.40 and rows 0.55–0.60 of an 8 × 8 map: columns 2..=3, row 4.
+        let cells = nodule_cells(Some([0.30, 0.55, 0.40, 0.60]), 8, 8);
+        assert_eq!(marked(&cells, 8), [(4, 2), (4, 3)]);
+        // A box on the image's last pixel stays on the map's last cell.
+        let cells = nodule_cells(Some([0.95, 0.95, 1.0, 1.0]), 8, 8);
+        assert_eq!(marked(&cells, 8), [(7, 7)]);
+        assert!(nodule_cells(None, 8, 8).iter().all(|v| *v == 0.0));
+    }
+}
