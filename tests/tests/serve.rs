@@ -88,8 +88,9 @@ fn ready_is_503_when_the_data_dir_is_unusable() {
     server.wait_ready();
 
     // Replace the directory with a file: nothing can be stored any more (this works even
-    // as root, where permission bits would not stop a write).
-    std::fs::remove_dir_all(&data).unwrap();
+    // as root, where permission bits would not stop a write). Moved away rather than
+    // deleted: the running server may create a file in it while a removal walks it.
+    std::fs::rename(&data, dir.path().join("moved-away")).unwrap();
     std::fs::write(&data, "not a directory").unwrap();
 
     let (status, body) = get_json(&server.url("/health/ready"));
