@@ -349,20 +349,22 @@ pub fn measure_nodules(
 
     // Index 0 is the background label, never kept.
     let mut keep = vec![false; count as usize + 1];
-    let extents: Vec<f64> = totals
+    // Per component: extent along the normal, and its through-plane ratio.
+    let shapes: Vec<(f64, Option<f64>)> = totals
         .iter()
         .map(|c| {
-            stack.frames[c.first_sorted_slice..=c.last_sorted_slice]
+            let extent: f64 = stack.frames[c.first_sorted_slice..=c.last_sorted_slice]
                 .iter()
                 .map(|frame| frame.thickness_mm)
-                .sum()
+                .sum();
+            (extent, through_plane_ratio(c, extent, stack.frames.len()))
         })
         .collect();
-    for (index, (component, &extent)) in totals.iter().zip(&extents).enumerate() {
+    for (index, (component, &(_, ratio))) in totals.iter().zip(&shapes).enumerate() {
         keep[index + 1] = options.keeps(
             component.volume_mm3,
             component.lung_border_fraction(),
-            through_plane_ratio(component, extent, stack.frames.len()),
+            ratio,
         );
     }
     let diameters = longest_axial_diameters(&stack, &labels, rows, columns, &keep, &totals);
@@ -370,10 +372,10 @@ pub fn measure_nodules(
     let mut nodules: Vec<NoduleMeasurement> = totals
         .iter()
         .zip(&diameters)
-        .zip(&extents)
+        .zip(&shapes)
         .zip(&keep[1..])
         .filter(|(_, kept)| **kept)
-        .map(|(((component, &diameter), &extent), _)| {
+        .map(|(((component, &diameter), &(extent, ratio)), _)| {
             let ends = [
                 stack.order[component.first_sorted_slice],
                 stack.order[component.last_sorted_slice],
@@ -389,7 +391,7 @@ pub fn measure_nodules(
                 voxel_count: component.voxel_count,
                 lung_border_fraction: component.lung_border_fraction(),
                 through_plane_extent_mm: extent,
-                through_plane_ratio: through_plane_ratio(component, extent, stack.frames.len()),
+                through_plane_ratio: ratio,
             }
         })
         .collect();
