@@ -1,8 +1,8 @@
 //! [`Archive`]: the store's front door — uploads, puts with the duplicate policy, queries,
 //! retrieval, readiness, and auth/audit persistence.
 //!
-//! A put: the upload is a temp file under `tmp/` (hashed while written); it is flushed,
-//! then fsynced while it is parsed (up to Pixel Data) and, under a lock striped by SOP
+//! A put: the upload is a temp file under `tmp/`, hashed and written as it arrives (see
+//! [`super::upload`]); its last bytes are written, then it is fsynced while it is parsed (up to Pixel Data) and, under a lock striped by SOP
 //! Instance UID (so two puts of one UID never interleave, and a blob is never
 //! garbage-collected while a put of the same content is in flight), looked up in the index.
 //! Then the policy decides: a new instance's row is inserted and committed while its blob
@@ -11,11 +11,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::attributes;
 use super::blob::{BlobStore, FsBlobStore};
@@ -26,6 +23,7 @@ use super::index::{
 use super::jobs::JobStore;
 use super::outbox::OutboxStore;
 use super::query;
+use super::upload::{Upload, UploadFiles, WrittenUpload};
 use super::{
     ArchiveConfig, AttributeSet, DuplicatePolicy, PutError, PutOutcome, Query, Scope, Source,
     StoreError, StoredInstance,
@@ -42,41 +40,13 @@ pub struct Archive {
 
 struct Inner {
     config: ArchiveConfig,
-    tmp_dir: PathBuf,
     blobs: Arc<dyn BlobStore>,
     index: Arc<dyn Index>,
     jobs: JobStore,
     emr: EmrStore,
     outbox: OutboxStore,
     stripes: Vec<tokio::sync::Mutex<()>>,
-}
-
-/// An instance being received: a temporary file under `tmp/`, deleted if the upload is
-/// dropped or refused. Boxed inside so that it moves cheaply through callers' enums.
-pub struct Upload {
-    inner: Box<UploadInner>,
-}
-
-struct UploadInner {
-    file: tokio::io::BufWriter<tokio::fs::File>,
-    path: tempfile::TempPath,
-    hasher: Sha256,
-    /// Data set bytes written with [`Upload::write`].
-    len: u64,
-    /// Every byte in the file (header included).
-    size: u64,
-    /// Set when the header could not be built (bad UIDs from the command): `put` refuses.
-    invalid: Option<String>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    upload_files: UploadFiles,
 }
 
 fn now() -> String {
@@ -166,38 +136,19 @@ impl Archive {
         Ok(Archive {
             inner: Arc::new(Inner {
                 config,
-                tmp_dir,
                 blobs,
                 index,
                 jobs,
                 emr,
                 outbox,
                 stripes,
+                upload_files: UploadFiles::new(tmp_dir),
             }),
         })
     }
 
     async fn new_upload(&self) -> Result<Upload, StoreError> {
-        let tmp_dir = self.inner.tmp_dir.clone();
-        let named = tokio::task::spawn_blocking(move || {
-            tempfile::Builder::new().prefix("up-").tempfile_in(tmp_dir)
-        })
-        .await
-        .map_err(|e| StoreError::Index(format!("upload task: {e}")))??;
-        let (file, path) = named.into_parts();
-        Ok(Upload {
-            inner: Box::new(UploadInner {
-                file: tokio::io::BufWriter::with_capacity(
-                    256 * 1024,
-                    tokio::fs::File::from_std(file),
-                ),
-                path,
-                hasher: Sha256::new(),
-                len: 0,
-                size: 0,
-                invalid: None,
-            }),
-        })
+        self.inner.upload_files.upload().await
     }
 
     /// An upload that already holds the Part 10 preamble + file meta group built from a
@@ -226,8 +177,8 @@ impl Archive {
             Ok(Ok(())) => {
                 upload.write_raw(&header).await?;
             }
-            Ok(Err(e)) => upload.inner.invalid = Some(format!("cannot write file meta: {e}")),
-            Err(e) => upload.inner.invalid = Some(format!("invalid command attributes: {e}")),
+            Ok(Err(e)) => upload.set_invalid(format!("cannot write file meta: {e}")),
+            Err(e) => upload.set_invalid(format!("invalid command attributes: {e}")),
         }
         Ok(upload)
     }
@@ -247,20 +198,12 @@ impl Archive {
     /// [`super::DuplicatePolicy`]). Returns only after the blob is durable and the index
     /// transaction committed; on `Err` nothing is left behind.
     pub async fn put(&self, upload: Upload, source: &Source) -> Result<PutOutcome, PutError> {
-        let UploadInner {
-            mut file,
+        let WrittenUpload {
+            file,
             path,
-            hasher,
-            invalid,
+            sha256,
             size: size_bytes,
-            ..
-        } = *upload.inner;
-        if let Some(reason) = invalid {
-            return Err(PutError::Invalid(reason));
-        }
-        file.flush().await.map_err(StoreError::from)?;
-        let file = file.into_inner().into_std().await;
-        let sha256 = hex(&hasher.finalize());
+        } = upload.finish().await?;
         // The data fsync (the device) runs from here on its own: the parse, the stripe lock
         // and the duplicate lookup do not need it, and neither does a new instance's index
         // insert (see `store_new`).
@@ -500,6 +443,12 @@ impl Archive {
         self.inner.index.audit_records(limit, offset).await
     }
 
+    /// Files under `tmp/` other than the spares kept ready for uploads.
+    #[cfg(test)]
+    pub(crate) async fn leftover_upload_files(&self) -> Vec<std::path::PathBuf> {
+        self.inner.upload_files.files_other_than_spares().await
+    }
+
     /// The index, for tests that drive it below the archive.
     #[cfg(test)]
     pub(crate) fn index(&self) -> &dyn Index {
@@ -527,31 +476,6 @@ impl Archive {
     }
 }
 
-impl Upload {
-    async fn write_raw(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.inner.hasher.update(chunk);
-        self.inner.file.write_all(chunk).await?;
-        self.inner.size += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Appends bytes to the upload.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.write_raw(chunk).await?;
-        self.inner.len += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Bytes written with [`Upload::write`] so far (callers enforce size bounds).
-    pub fn len(&self) -> u64 {
-        self.inner.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner.len == 0
-    }
-}
-
 #[cfg(test)]
 mod guard_tests {
     use super::*;
@@ -562,7 +486,7 @@ mod guard_tests {
     /// `tmp/`, `blobs/` or the index.
     #[tokio::test]
     async fn a_huge_declared_length_is_refused_before_allocation_and_leaves_nothing() {
-        let (dir, archive) = crate::store::temp_archive().await;
+        let (_dir, archive) = crate::store::temp_archive().await;
         let mut bomb = vec![0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0];
         bomb.extend_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
         bomb.push(0);
@@ -604,7 +528,7 @@ mod guard_tests {
             Err(PutError::Invalid(_))
         ));
 
-        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        let tmp = archive.leftover_upload_files().await;
         assert!(tmp.is_empty(), "{tmp:?}");
         assert!(archive.inner.index.blob_keys().await.unwrap().is_empty());
         assert!(archive.inner.blobs.keys().await.unwrap().is_empty());

@@ -223,7 +223,11 @@ pub fn check_declared_lengths(path: &Path) -> Result<(), String> {
 /// before Pixel Data must fit in `prefix`; Pixel Data's own length is not checked (its
 /// value is usually beyond the prefix, and `read_until(PixelData)` does not read it).
 pub fn check_prefix_lengths(prefix: &[u8]) -> Result<(), String> {
-    walk_declared_lengths(std::io::Cursor::new(prefix), prefix.len() as u64, false)
+    walk_declared_lengths(
+        BufReader::new(std::io::Cursor::new(prefix)),
+        prefix.len() as u64,
+        false,
+    )
 }
 
 /// How the data set's element headers are encoded.
@@ -233,8 +237,10 @@ struct HeaderForm {
     big_endian: bool,
 }
 
+/// Skips use `seek_relative`, which keeps the reader's buffer: a plain `seek` empties it,
+/// and every skipped value would then cost a fresh read of the file.
 fn walk_declared_lengths<R: Read + Seek>(
-    mut r: R,
+    mut r: BufReader<R>,
     file_len: u64,
     check_pixel_data: bool,
 ) -> Result<(), String> {
@@ -256,7 +262,7 @@ fn walk_declared_lengths<R: Read + Seek>(
         if read_fully(&mut r, &mut group)? < 2 {
             return Ok(());
         }
-        r.seek(SeekFrom::Current(-2)).map_err(|e| e.to_string())?;
+        r.seek_relative(-2).map_err(|e| e.to_string())?;
         if u16::from_le_bytes(group) != 0x0002 {
             break;
         }
@@ -277,7 +283,7 @@ fn walk_declared_lengths<R: Read + Seek>(
                     .to_owned(),
             );
         } else {
-            r.seek(SeekFrom::Current(i64::from(h.len)))
+            r.seek_relative(i64::from(h.len))
                 .map_err(|e| e.to_string())?;
         }
         pos += u64::from(h.len);
@@ -327,7 +333,7 @@ fn walk_declared_lengths<R: Read + Seek>(
             // Walk into defined-length items and sequences: their elements follow.
             continue;
         }
-        r.seek(SeekFrom::Current(i64::from(h.len)))
+        r.seek_relative(i64::from(h.len))
             .map_err(|e| e.to_string())?;
         pos += u64::from(h.len);
     }
@@ -649,7 +655,11 @@ mod tests {
     }
 
     fn walk(bytes: &[u8]) -> Result<(), String> {
-        walk_declared_lengths(std::io::Cursor::new(bytes), bytes.len() as u64, true)
+        walk_declared_lengths(
+            BufReader::new(std::io::Cursor::new(bytes)),
+            bytes.len() as u64,
+            true,
+        )
     }
 
     #[test]

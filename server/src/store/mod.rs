@@ -7,6 +7,7 @@
 //! backend can be added without touching callers.
 //!
 //! Modules:
+//! - [`upload`]: an instance being received, hashed and written as it arrives;
 //! - [`blob`]: blob storage (filesystem: temp file, fsync, rename, fsync directory);
 //! - [`index`]: the index (SQLite through sqlx, with migrations);
 //! - [`attributes`]: what is indexed, read from a dataset, text decoded to UTF-8;
@@ -24,10 +25,11 @@ pub mod outbox;
 pub mod query;
 #[cfg(test)]
 mod tests;
+mod upload;
 
 use std::path::PathBuf;
 
-pub use archive::{Archive, Upload};
+pub use archive::Archive;
 pub use attributes::{Attribute, AttributeSet};
 pub use index::{AuditRecord, NewToken, TokenRecord};
 pub use jobs::{JobStore, Priority};
@@ -35,6 +37,7 @@ pub use query::{
     Condition, Include, MatchKey, Query, QueryError, QueryLevel, matchable_keys, parse_condition,
     resolve_attribute,
 };
+pub use upload::Upload;
 
 /// What happens when an instance arrives whose SOP Instance UID is already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

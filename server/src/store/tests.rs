@@ -69,8 +69,9 @@ async fn put_all(archive: &Archive) {
     }
 }
 
-fn tmp_is_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none()
+/// Nothing under `tmp/` but the spare files kept ready for uploads.
+async fn tmp_is_empty(archive: &Archive) -> bool {
+    archive.leftover_upload_files().await.is_empty()
 }
 
 fn study_query(keys: &[(Tag, &str)]) -> Query {
@@ -106,7 +107,7 @@ async fn put_query_locate_read_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let archive = open(dir.path(), DuplicatePolicy::KeepFirst).await;
     put_all(&archive).await;
-    assert!(tmp_is_empty(dir.path()));
+    assert!(tmp_is_empty(&archive).await);
     archive.check_ready().await.unwrap();
 
     let studies = archive.query(&study_query(&[])).await.unwrap();
@@ -429,7 +430,7 @@ async fn duplicates_under_each_policy() {
             }
         }
         assert_eq!(blob_count, 1, "{policy:?}: exactly one blob kept");
-        assert!(tmp_is_empty(dir.path()));
+        assert!(tmp_is_empty(&archive).await);
     }
 }
 
@@ -456,7 +457,7 @@ async fn invalid_uploads_leave_nothing_behind() {
             matches!(outcome, Err(PutError::Invalid(_))),
             "{what}: {outcome:?}"
         );
-        assert!(tmp_is_empty(dir.path()), "{what}: tmp/ not empty");
+        assert!(tmp_is_empty(&archive).await, "{what}: tmp/ not empty");
     }
     assert!(archive.query(&study_query(&[])).await.unwrap().is_empty());
     let blobs = super::blob::FsBlobStore::new(dir.path().join("blobs")).unwrap();
@@ -470,7 +471,7 @@ async fn invalid_uploads_leave_nothing_behind() {
     let mut up = archive.begin_file_upload().await.unwrap();
     up.write(b"partial").await.unwrap();
     drop(up);
-    assert!(tmp_is_empty(dir.path()));
+    assert!(tmp_is_empty(&archive).await);
 }
 
 #[tokio::test]
@@ -547,7 +548,7 @@ async fn dataset_uploads_from_dimse() {
         inst
     );
     assert!(bytes.ends_with(dataset));
-    assert!(tmp_is_empty(dir.path()));
+    assert!(tmp_is_empty(&archive).await);
 }
 
 #[tokio::test]
@@ -569,7 +570,7 @@ async fn restart_keeps_everything_and_removes_crash_leftovers() {
 
     let archive = open(dir.path(), DuplicatePolicy::KeepFirst).await;
     assert!(!orphan.exists(), "orphan blob removed on open");
-    assert!(tmp_is_empty(dir.path()));
+    assert!(tmp_is_empty(&archive).await);
     let studies = archive.query(&study_query(&[])).await.unwrap();
     assert_eq!(studies.len(), 4);
     let mut total = 0;
