@@ -2,9 +2,10 @@
 //! retrieval, readiness, and auth/audit persistence.
 //!
 //! A put: the upload is a temp file under `tmp/`, hashed and written as it arrives (see
-//! [`super::upload`]); its last bytes are written, then it is fsynced while it is parsed (up to Pixel Data) and, under a lock striped by SOP
-//! Instance UID (so two puts of one UID never interleave, and a blob is never
-//! garbage-collected while a put of the same content is in flight), looked up in the index.
+//! [`super::upload`]). Its last bytes are written, then it is fsynced while it is parsed
+//! (up to Pixel Data) and, under a lock striped by SOP Instance UID (so two puts of one UID
+//! never interleave, and a blob is never garbage-collected while a put of the same content
+//! is in flight), looked up in the index.
 //! Then the policy decides: a new instance's row is inserted and committed while its blob
 //! is fsynced, placed and its directory entry fsynced (see [`Archive::store_new`]). After
 //! both, `put` returns. Different SOP Instance UIDs proceed in parallel.
