@@ -2,13 +2,14 @@
 //! retrieval, readiness, and auth/audit persistence.
 //!
 //! A put: the upload is a temp file under `tmp/`, hashed and written as it arrives (see
-//! [`super::upload`]). Its last bytes are written, then it is fsynced while it is parsed
-//! (up to Pixel Data) and, under a lock striped by SOP Instance UID (so two puts of one UID
-//! never interleave, and a blob is never garbage-collected while a put of the same content
-//! is in flight), looked up in the index.
-//! Then the policy decides: a new instance's row is inserted and committed while its blob
-//! is fsynced, placed and its directory entry fsynced (see [`Archive::store_new`]). After
-//! both, `put` returns. Different SOP Instance UIDs proceed in parallel.
+//! [`super::upload`]). Its header is parsed (up to Pixel Data; from the first bytes kept in
+//! memory, or else from the file) while its last bytes are written. Then it is fsynced
+//! while, under a lock striped by SOP Instance UID (so two puts of one UID never
+//! interleave, and a blob is never garbage-collected while a put of the same content is in
+//! flight), it is looked up in the index. The policy decides: a new instance's row is
+//! inserted and committed while its blob is fsynced, placed and its directory entry fsynced
+//! (see [`Archive::store_new`]). After both, `put` returns. Different SOP Instance UIDs
+//! proceed in parallel.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -198,13 +199,22 @@ impl Archive {
     /// Validates, stores and indexes an upload, applying the duplicate policy (see
     /// [`super::DuplicatePolicy`]). Returns only after the blob is durable and the index
     /// transaction committed; on `Err` nothing is left behind.
-    pub async fn put(&self, upload: Upload, source: &Source) -> Result<PutOutcome, PutError> {
+    pub async fn put(&self, mut upload: Upload, source: &Source) -> Result<PutOutcome, PutError> {
+        // The header is parsed from memory while the last bytes are written and hashed.
+        let (head, size) = upload.take_head();
+        let parse_head = async {
+            tokio::task::spawn_blocking(move || attributes::extract_from_head(&head, size))
+                .await
+                .map_err(|e| StoreError::Index(format!("parse task: {e}")))
+        };
+        let (written, from_head) = tokio::join!(upload.finish(), parse_head);
         let WrittenUpload {
             file,
             path,
             sha256,
             size: size_bytes,
-        } = upload.finish().await?;
+        } = written?;
+        let from_head = from_head?;
         // The data fsync (the device) runs from here on its own: the parse, the stripe lock
         // and the duplicate lookup do not need it, and neither does a new instance's index
         // insert (see `store_new`).
@@ -216,10 +226,13 @@ impl Archive {
         };
         let parse_path = path.to_path_buf();
         let examined = async {
-            let attributes = tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
-                .await
-                .map_err(|e| StoreError::Index(format!("parse task: {e}")))?
-                .map_err(PutError::Invalid)?;
+            let parsed = match from_head {
+                Some(parsed) => parsed,
+                None => tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
+                    .await
+                    .map_err(|e| StoreError::Index(format!("parse task: {e}")))?,
+            };
+            let attributes = parsed.map_err(PutError::Invalid)?;
             let guard = self.stripe(&attributes.sop_instance_uid).lock().await;
             let existing = self
                 .inner

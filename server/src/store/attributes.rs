@@ -1,7 +1,9 @@
 //! The indexed attributes of an instance, read from its dataset, text decoded to UTF-8.
 //!
 //! [`extract`] opens an upload with dicom-object (stopping before Pixel Data), checks that
-//! it is a Part 10 file with the identifying UIDs, and reads what the index stores. Text
+//! it is a Part 10 file with the identifying UIDs, and reads what the index stores;
+//! [`extract_from_head`] does the same from the upload's first bytes in memory when they
+//! hold the whole header. Text
 //! in PN/LO/SH is re-read as raw bytes (a second, raw token pass over the same file) and
 //! decoded with [`super::charset`], because dicom-rs decodes with the first value of
 //! SpecificCharacterSet only. For deflated transfer syntaxes the raw pass is skipped and
@@ -14,6 +16,7 @@ use std::path::Path;
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_parser::dataset::read::{DataSetReaderOptions, ValueReadStrategy};
 use dicom_parser::dataset::{DataSetReader, DataToken};
@@ -116,28 +119,71 @@ pub fn extract(path: &Path) -> Result<InstanceAttributes, String> {
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| format!("not a readable DICOM Part 10 file: {e}"))?;
+    let raw_text = |ts_uid: &str| {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+        raw_text_values(BufReader::new(file), file_len, ts_uid)
+    };
+    attributes_of(&obj, raw_text)
+}
+
+/// [`extract`] from the first bytes of a Part 10 file of `file_len` bytes, held in memory
+/// while the rest is still being written: `None` unless `head` is the whole file or holds
+/// every element up to a native (not encapsulated) Pixel Data, whose declared length is
+/// then checked against `file_len`. The caller reads the file with [`extract`] on `None`.
+pub fn extract_from_head(head: &[u8], file_len: u64) -> Option<Result<InstanceAttributes, String>> {
+    let whole = head.len() as u64 >= file_len;
+    let walked = walk_declared_lengths(BufReader::new(std::io::Cursor::new(head)), file_len, true);
+    match walked {
+        Ok(WalkEnd::PixelData {
+            encapsulated: false,
+        }) => {}
+        Ok(_) | Err(_) if !whole => return None,
+        Ok(_) => {}
+        Err(e) => return Some(Err(e)),
+    }
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(head);
+    let obj = match obj {
+        Ok(obj) => obj,
+        // The file path gives the same error with the whole file in view.
+        Err(_) if !whole => return None,
+        Err(e) => return Some(Err(format!("not a readable DICOM Part 10 file: {e}"))),
+    };
+    let raw_text = |ts_uid: &str| raw_text_values(std::io::Cursor::new(head), file_len, ts_uid);
+    Some(attributes_of(&obj, raw_text))
+}
+
+/// The attributes of a parsed object; `raw_text` re-reads the text values as raw bytes
+/// (see the module documentation) for the object's transfer syntax.
+fn attributes_of(
+    obj: &DefaultDicomObject,
+    raw_text: impl FnOnce(&str) -> Result<RawPass, String>,
+) -> Result<InstanceAttributes, String> {
     let meta = obj.meta();
     let ts_uid = trim_value(meta.transfer_syntax()).to_owned();
     let meta_sop_instance = trim_value(meta.media_storage_sop_instance_uid()).to_owned();
     let meta_sop_class = trim_value(meta.media_storage_sop_class_uid()).to_owned();
 
     let mut a = InstanceAttributes {
-        specific_character_set: text(&obj, tags::SPECIFIC_CHARACTER_SET),
-        patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
-        patient_sex: text(&obj, tags::PATIENT_SEX),
-        study_instance_uid: text(&obj, tags::STUDY_INSTANCE_UID),
-        study_date: text(&obj, tags::STUDY_DATE),
-        study_time: text(&obj, tags::STUDY_TIME),
-        modality: text(&obj, tags::MODALITY),
-        series_instance_uid: text(&obj, tags::SERIES_INSTANCE_UID),
-        series_number: int(&obj, tags::SERIES_NUMBER),
-        body_part_examined: text(&obj, tags::BODY_PART_EXAMINED),
-        sop_class_uid: text(&obj, tags::SOP_CLASS_UID),
-        sop_instance_uid: text(&obj, tags::SOP_INSTANCE_UID),
-        instance_number: int(&obj, tags::INSTANCE_NUMBER),
-        rows: int(&obj, tags::ROWS),
-        columns: int(&obj, tags::COLUMNS),
-        number_of_frames: int(&obj, tags::NUMBER_OF_FRAMES),
+        specific_character_set: text(obj, tags::SPECIFIC_CHARACTER_SET),
+        patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(obj, tags::PATIENT_SEX),
+        study_instance_uid: text(obj, tags::STUDY_INSTANCE_UID),
+        study_date: text(obj, tags::STUDY_DATE),
+        study_time: text(obj, tags::STUDY_TIME),
+        modality: text(obj, tags::MODALITY),
+        series_instance_uid: text(obj, tags::SERIES_INSTANCE_UID),
+        series_number: int(obj, tags::SERIES_NUMBER),
+        body_part_examined: text(obj, tags::BODY_PART_EXAMINED),
+        sop_class_uid: text(obj, tags::SOP_CLASS_UID),
+        sop_instance_uid: text(obj, tags::SOP_INSTANCE_UID),
+        instance_number: int(obj, tags::INSTANCE_NUMBER),
+        rows: int(obj, tags::ROWS),
+        columns: int(obj, tags::COLUMNS),
+        number_of_frames: int(obj, tags::NUMBER_OF_FRAMES),
         transfer_syntax_uid: ts_uid.clone(),
         ..InstanceAttributes::default()
     };
@@ -173,7 +219,7 @@ pub fn extract(path: &Path) -> Result<InstanceAttributes, String> {
         tracing::warn!(error = %e, "unsupported SpecificCharacterSet; decoding as default repertoire");
         CharacterSet::default_repertoire()
     });
-    let raw = match raw_text_values(path, &ts_uid) {
+    let raw = match raw_text(&ts_uid) {
         Ok(RawPass::Complete(raw)) => raw,
         Ok(RawPass::Truncated(reason)) => return Err(reason),
         Err(e) => {
@@ -184,7 +230,7 @@ pub fn extract(path: &Path) -> Result<InstanceAttributes, String> {
     let decoded = |tag: Tag| -> String {
         match raw.get(&tag) {
             Some(bytes) => join_trimmed(&charset.decode(bytes, tag_is_pn(tag), true)),
-            None => text(&obj, tag),
+            None => text(obj, tag),
         }
     };
     a.patient_name = decoded(tags::PATIENT_NAME);
@@ -215,7 +261,7 @@ pub fn check_declared_lengths(path: &Path) -> Result<(), String> {
         .metadata()
         .map_err(|e| format!("cannot stat upload: {e}"))?
         .len();
-    walk_declared_lengths(BufReader::new(file), file_len, true)
+    walk_declared_lengths(BufReader::new(file), file_len, true).map(|_| ())
 }
 
 /// [`check_declared_lengths`] for the first bytes of an upload that callers parse with
@@ -228,6 +274,19 @@ pub fn check_prefix_lengths(prefix: &[u8]) -> Result<(), String> {
         prefix.len() as u64,
         false,
     )
+    .map(|_| ())
+}
+
+/// Where [`walk_declared_lengths`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalkEnd {
+    /// At Pixel Data's header, having checked every element before it.
+    PixelData { encapsulated: bool },
+    /// At the end of the bytes, having checked every element up to there.
+    EndOfData,
+    /// Not walked to the end: not Part 10, deflated, an unknown transfer syntax, or a UN
+    /// element of undefined length (see [`check_declared_lengths`]).
+    Unchecked,
 }
 
 /// How the data set's element headers are encoded.
@@ -243,11 +302,11 @@ fn walk_declared_lengths<R: Read + Seek>(
     mut r: BufReader<R>,
     file_len: u64,
     check_pixel_data: bool,
-) -> Result<(), String> {
+) -> Result<WalkEnd, String> {
     let mut head = [0u8; 132];
     if r.read_exact(&mut head).is_err() || &head[128..132] != b"DICM" {
         // Not Part 10: dicom-object refuses it without large allocations.
-        return Ok(());
+        return Ok(WalkEnd::Unchecked);
     }
     let mut pos = 132u64;
     let meta = HeaderForm {
@@ -260,19 +319,19 @@ fn walk_declared_lengths<R: Read + Seek>(
         // Peek at the group: the first data set element may not be explicit VR.
         let mut group = [0u8; 2];
         if read_fully(&mut r, &mut group)? < 2 {
-            return Ok(());
+            return Ok(WalkEnd::EndOfData);
         }
         r.seek_relative(-2).map_err(|e| e.to_string())?;
         if u16::from_le_bytes(group) != 0x0002 {
             break;
         }
         let Some(h) = read_header(&mut r, &mut pos, meta)? else {
-            return Ok(());
+            return Ok(WalkEnd::EndOfData);
         };
         check_len(h.group, h.element, h.len, pos, file_len)?;
         if h.len == UNDEFINED_LENGTH {
             // Not valid in the meta group; dicom-object refuses it.
-            return Ok(());
+            return Ok(WalkEnd::Unchecked);
         }
         if h.element == 0x0010 && h.len <= 64 {
             let mut v = vec![0u8; h.len as usize];
@@ -303,25 +362,28 @@ fn walk_declared_lengths<R: Read + Seek>(
                 big_endian: false,
             },
             // Deflated or unknown: see the doc comment.
-            _ => return Ok(()),
+            _ => return Ok(WalkEnd::Unchecked),
         },
-        None => return Ok(()),
+        None => return Ok(WalkEnd::Unchecked),
     };
     loop {
         let Some(h) = read_header(&mut r, &mut pos, form)? else {
-            return Ok(());
+            return Ok(WalkEnd::EndOfData);
         };
         let pixel_data = (h.group, h.element) == (0x7FE0, 0x0010);
+        let reached = WalkEnd::PixelData {
+            encapsulated: h.len == UNDEFINED_LENGTH,
+        };
         if pixel_data && !check_pixel_data {
-            return Ok(());
+            return Ok(reached);
         }
         check_len(h.group, h.element, h.len, pos, file_len)?;
         if pixel_data {
-            return Ok(());
+            return Ok(reached);
         }
         if h.len == UNDEFINED_LENGTH {
             if h.vr == Some(*b"UN") {
-                return Ok(());
+                return Ok(WalkEnd::Unchecked);
             }
             // A sequence or item of undefined length: its content follows.
             continue;
@@ -499,16 +561,17 @@ enum RawPass {
 
 /// The raw bytes of [`RAW_TEXT_TAGS`] in the root data set, and a check that Pixel Data
 /// is complete (dicom-object stopped before it, so a truncated upload would pass there).
-fn raw_text_values(path: &Path, ts_uid: &str) -> Result<RawPass, String> {
+fn raw_text_values<R: Read + Seek>(
+    mut reader: R,
+    file_len: u64,
+    ts_uid: &str,
+) -> Result<RawPass, String> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
     if matches!(ts.codec(), Codec::Dataset(_)) {
         return Err("deflated data set".to_owned());
     }
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut reader = BufReader::new(file);
     // Preamble, "DICM", then (0002,0000) UL group length: 4 + 2 + 2 + 4 bytes.
     let mut head = [0u8; 144];
     reader.read_exact(&mut head).map_err(|e| e.to_string())?;
@@ -625,6 +688,74 @@ mod tests {
         assert!(cr.rows.is_some_and(|r| r > 0));
     }
 
+    /// Every sample file: parsed from the first bytes in memory, the attributes are those
+    /// parsed from the file; a head that ends before Pixel Data defers to the file.
+    #[test]
+    fn head_parse_matches_file_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dicom-samples/studies/studies");
+        let mut checked = 0;
+        for series in std::fs::read_dir(dir).unwrap().flatten() {
+            for file in std::fs::read_dir(series.path()).unwrap().flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "dcm") {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                let len = bytes.len() as u64;
+                let from_file = extract(&path).unwrap();
+                let head = &bytes[..bytes.len().min(64 * 1024)];
+                assert_eq!(
+                    extract_from_head(head, len),
+                    Some(Ok(from_file.clone())),
+                    "{path:?}"
+                );
+                assert_eq!(
+                    extract_from_head(&bytes, len),
+                    Some(Ok(from_file)),
+                    "{path:?}"
+                );
+                assert_eq!(extract_from_head(&bytes[..400], len), None, "{path:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "only {checked} sample files");
+    }
+
+    /// Pixel Data cut short (its declared length beyond the file's size) is not accepted
+    /// from the head: the head defers, and the file is refused.
+    #[test]
+    fn head_parse_defers_truncated_pixel_data_to_the_file() {
+        let bytes = std::fs::read(sample("0001_CT/CT0001.dcm")).unwrap();
+        let cut = &bytes[..bytes.len() - 1000];
+        assert_eq!(extract_from_head(&cut[..64 * 1024], cut.len() as u64), None);
+        assert!(extract_from_head(&bytes[..64 * 1024], bytes.len() as u64).is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cut.dcm");
+        std::fs::write(&p, cut).unwrap();
+        let err = extract(&p).unwrap_err();
+        assert!(err.contains("(7FE0,0010) declares"), "{err}");
+    }
+
+    /// Encapsulated Pixel Data is only complete when its last fragment is there: a head
+    /// that stops inside it defers to the file.
+    #[test]
+    fn head_parse_defers_encapsulated_pixel_data_to_the_file() {
+        // (0008,0060) CS "OT", then Pixel Data OB of undefined length: an empty offset
+        // table, one 8-byte fragment, the sequence delimiter.
+        let mut ds = vec![0x08, 0x00, 0x60, 0x00, b'C', b'S', 2, 0, b'O', b'T'];
+        ds.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0]);
+        ds.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let file = part10("1.2.840.10008.1.2.4.50", &ds);
+        assert_eq!(walk(&file), Ok(WalkEnd::PixelData { encapsulated: true }));
+        let head = &file[..file.len() - 12];
+        assert_eq!(extract_from_head(head, file.len() as u64), None);
+    }
+
     #[test]
     fn garbage_is_invalid() {
         let dir = tempfile::tempdir().unwrap();
@@ -654,7 +785,7 @@ mod tests {
         file
     }
 
-    fn walk(bytes: &[u8]) -> Result<(), String> {
+    fn walk(bytes: &[u8]) -> Result<WalkEnd, String> {
         walk_declared_lengths(
             BufReader::new(std::io::Cursor::new(bytes)),
             bytes.len() as u64,

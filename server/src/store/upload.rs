@@ -24,6 +24,10 @@ use super::{PutError, StoreError};
 /// Bytes gathered before they are handed to the writer thread.
 const WRITE_CHUNK: usize = 128 * 1024;
 
+/// The first bytes of every upload are also kept in memory, so that its header can be
+/// parsed while its last bytes are still being written (see [`Upload::head`]).
+const HEAD_BYTES: usize = 64 * 1024;
+
 /// Temporary files kept ready (a few associations' next instances).
 const SPARE_FILES: usize = 4;
 
@@ -89,6 +93,8 @@ struct UploadInner {
     pending: Vec<u8>,
     /// The buffer the writer gave back, reused for the next chunk.
     spare: Vec<u8>,
+    /// A copy of the file's first [`HEAD_BYTES`].
+    head: Vec<u8>,
     path: TempPath,
     /// Data set bytes written with [`Upload::write`].
     len: u64,
@@ -132,6 +138,7 @@ impl Upload {
                 }),
                 pending: Vec::with_capacity(WRITE_CHUNK),
                 spare: Vec::with_capacity(WRITE_CHUNK),
+                head: Vec::new(),
                 path,
                 len: 0,
                 size: 0,
@@ -176,6 +183,11 @@ impl Upload {
     }
 
     pub(super) async fn write_raw(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let head_room = HEAD_BYTES.saturating_sub(self.inner.head.len());
+        if head_room > 0 {
+            let copied = &chunk[..head_room.min(chunk.len())];
+            self.inner.head.extend_from_slice(copied);
+        }
         self.inner.pending.extend_from_slice(chunk);
         self.inner.size += chunk.len() as u64;
         if self.inner.pending.len() >= WRITE_CHUNK {
@@ -198,6 +210,12 @@ impl Upload {
 
     pub fn is_empty(&self) -> bool {
         self.inner.len == 0
+    }
+
+    /// The file's first bytes (all of them if it is small) and its size so far; the head is
+    /// moved out, so this is for the one parse at the end of the upload.
+    pub(super) fn take_head(&mut self) -> (Vec<u8>, u64) {
+        (std::mem::take(&mut self.inner.head), self.inner.size)
     }
 
     /// Writes what is left and finishes the hash. On `Err` (the upload was marked invalid,
