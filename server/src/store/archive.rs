@@ -2,21 +2,21 @@
 //! retrieval, readiness, and auth/audit persistence.
 //!
 //! A put: the upload is a temp file under `tmp/`, hashed and written as it arrives (see
-//! [`super::upload`]). Its header is parsed (up to Pixel Data; from the first bytes kept in
-//! memory, or else from the file) while its last bytes are written. Then it is fsynced
-//! while, under a lock striped by SOP Instance UID (so two puts of one UID never
-//! interleave, and a blob is never garbage-collected while a put of the same content is in
-//! flight), it is looked up in the index. The policy decides: a new instance's row is
-//! inserted and committed while its blob is fsynced, placed and its directory entry fsynced
-//! (see [`Archive::store_new`]). After both, `put` returns. Different SOP Instance UIDs
-//! proceed in parallel.
+//! [`super::upload`]). While its last bytes are written, its header is parsed (up to Pixel
+//! Data, from the first bytes kept in memory) and, under a lock striped by SOP Instance UID
+//! (so two puts of one UID never interleave, and a blob is never garbage-collected while a
+//! put of the same content is in flight), it is looked up in the index; when the header is
+//! not all in memory, the file is parsed after. Then the file is fsynced and the policy
+//! decides: a new instance's row is inserted and committed while its blob is fsynced,
+//! placed and its directory entry fsynced (see [`Archive::store_new`]). After both, `put`
+//! returns. Different SOP Instance UIDs proceed in parallel.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::attributes;
+use super::attributes::{self, InstanceAttributes};
 use super::blob::{BlobStore, FsBlobStore};
 use super::emr::EmrStore;
 use super::index::{
@@ -200,14 +200,20 @@ impl Archive {
     /// [`super::DuplicatePolicy`]). Returns only after the blob is durable and the index
     /// transaction committed; on `Err` nothing is left behind.
     pub async fn put(&self, mut upload: Upload, source: &Source) -> Result<PutOutcome, PutError> {
-        // The header is parsed from memory while the last bytes are written and hashed.
+        // The header is parsed from memory, and the instance looked up, while the last bytes
+        // are written and hashed.
         let (head, size) = upload.take_head();
-        let parse_head = async {
-            tokio::task::spawn_blocking(move || attributes::extract_from_head(&head, size))
-                .await
-                .map_err(|e| StoreError::Index(format!("parse task: {e}")))
+        let examine_head = async {
+            let parsed =
+                tokio::task::spawn_blocking(move || attributes::extract_from_head(&head, size))
+                    .await
+                    .map_err(|e| StoreError::Index(format!("parse task: {e}")))?;
+            match parsed {
+                Some(parsed) => self.examine(parsed).await.map(Some),
+                None => Ok(None),
+            }
         };
-        let (written, from_head) = tokio::join!(upload.finish(), parse_head);
+        let (written, from_head) = tokio::join!(upload.finish(), examine_head);
         let WrittenUpload {
             file,
             path,
@@ -224,25 +230,16 @@ impl Archive {
                 .await
                 .map_err(|e| std::io::Error::other(format!("fsync task: {e}")))?
         };
-        let parse_path = path.to_path_buf();
-        let examined = async {
-            let parsed = match from_head {
-                Some(parsed) => parsed,
-                None => tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
+        let (attributes, _guard, existing) = match from_head {
+            Some(examined) => examined,
+            None => {
+                let parse_path = path.to_path_buf();
+                let parsed = tokio::task::spawn_blocking(move || attributes::extract(&parse_path))
                     .await
-                    .map_err(|e| StoreError::Index(format!("parse task: {e}")))?,
-            };
-            let attributes = parsed.map_err(PutError::Invalid)?;
-            let guard = self.stripe(&attributes.sop_instance_uid).lock().await;
-            let existing = self
-                .inner
-                .index
-                .find_instance(&attributes.sop_instance_uid)
-                .await?;
-            Ok::<_, PutError>((attributes, guard, existing))
-        }
-        .await;
-        let (attributes, _guard, existing) = examined?;
+                    .map_err(|e| StoreError::Index(format!("parse task: {e}")))?;
+                self.examine(parsed).await?
+            }
+        };
         let sop = attributes.sop_instance_uid.clone();
         let record_source = source_text(source);
         let policy = self.inner.config.duplicate_policy;
@@ -318,6 +315,29 @@ impl Archive {
                 Ok(PutOutcome::Replaced(record.stored()))
             }
         }
+    }
+
+    /// A parsed upload's attributes, the stripe lock of its SOP Instance UID (held until the
+    /// put ends), and the instance already stored under that UID.
+    async fn examine(
+        &self,
+        parsed: Result<InstanceAttributes, String>,
+    ) -> Result<
+        (
+            InstanceAttributes,
+            tokio::sync::MutexGuard<'_, ()>,
+            Option<StoredInstance>,
+        ),
+        PutError,
+    > {
+        let attributes = parsed.map_err(PutError::Invalid)?;
+        let guard = self.stripe(&attributes.sop_instance_uid).lock().await;
+        let existing = self
+            .inner
+            .index
+            .find_instance(&attributes.sop_instance_uid)
+            .await?;
+        Ok((attributes, guard, existing))
     }
 
     /// Places the upload in the blob store (readable, not yet durable: see
