@@ -242,6 +242,22 @@ fn stow_then_qido_and_wado_round_trip() {
     let referenced = values(&stored, "00081199");
     assert_eq!(referenced.len(), files.len(), "{stored}");
     assert!(stored.get("00081198").is_none(), "{stored}");
+    // Parts are stored several at a time; the response still lists them in part order.
+    let sent: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let obj = dicom_object::open_file(f).unwrap();
+            obj.meta()
+                .media_storage_sop_instance_uid()
+                .trim_end_matches('\0')
+                .to_owned()
+        })
+        .collect();
+    let listed: Vec<String> = referenced
+        .iter()
+        .map(|item| values(item, "00081155")[0].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, sent);
     for item in &referenced {
         let url = values(item, "00081190")[0].as_str().unwrap().to_owned();
         assert!(url.starts_with(&server.url("/dicomweb/studies/")), "{url}");

@@ -4,7 +4,8 @@
 //! Each part is streamed into an [`Upload`](crate::store::Upload) (the body is never held
 //! whole in memory; only the first [`PREFIX_MAX`] bytes of a part are kept, to read its
 //! UIDs before it is stored) and then [`Archive::put`](crate::store::Archive::put), so an
-//! instance is listed as stored only once it is durable. Every part gets its own outcome:
+//! instance is listed as stored only once it is durable. Up to [`PUTS_IN_FLIGHT`] puts run
+//! while the next parts are received. Every part gets its own outcome:
 //!
 //! | outcome | where | reason |
 //! |---|---|---|
@@ -43,6 +44,10 @@ use crate::store::{PutError, PutOutcome, Source, StoredInstance};
 
 /// Most parts accepted in one request.
 pub const MAX_PARTS: usize = 10_000;
+
+/// Parts of one request being stored at once while the next ones are received (their
+/// index inserts share commits, their fsyncs overlap the upload of the next parts).
+const PUTS_IN_FLIGHT: usize = 4;
 /// Bytes of each part kept in memory to read its UIDs (the header before PixelData).
 pub const PREFIX_MAX: usize = 4 << 20;
 
@@ -244,6 +249,7 @@ async fn stow(
         }
     };
     let mut count = 0usize;
+    let mut in_flight = std::collections::VecDeque::new();
     while let Some(mut field) = multipart.next_field().await.map_err(body_error)? {
         count += 1;
         if count > MAX_PARTS {
@@ -315,45 +321,27 @@ async fn stow(
                 }
             }
         }
-        let started = Instant::now();
-        let outcome = state.archive.put(upload, &source).await;
-        let (label, item) = match outcome {
-            Ok(outcome) => {
-                let (label, stored, warning) = match outcome {
-                    PutOutcome::Stored(s) => ("stored", s, None),
-                    PutOutcome::Duplicate(s) => ("duplicate", s, None),
-                    PutOutcome::Replaced(s) => ("replaced", s, None),
-                    PutOutcome::ConflictKeptFirst(s) => {
-                        ("conflict_kept_first", s, Some(WARNING_DUPLICATE_KEPT_FIRST))
-                    }
-                };
-                metrics::record_instance_received(
-                    metrics::Route::Stow,
-                    &stored.transfer_syntax_uid,
-                    part_len,
-                );
-                referenced.push(reference(&base, &stored, warning));
-                (label, None)
+        // The put runs while the next parts arrive; the oldest is awaited once
+        // `PUTS_IN_FLIGHT` are running, so outcomes are kept in part order.
+        if in_flight.len() >= PUTS_IN_FLIGHT
+            && let Some(oldest) = in_flight.pop_front()
+        {
+            collect(oldest.await, &base, &mut referenced, &mut failed);
+        }
+        let (archive, source) = (state.archive.clone(), source.clone());
+        in_flight.push_back(tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = archive.put(upload, &source).await;
+            PartOutcome {
+                outcome,
+                ids: known,
+                part_len,
+                started,
             }
-            Err(PutError::Invalid(reason)) => {
-                debug!(%reason, "STOW part refused");
-                metrics::record_rejection("stow", "invalid_instance");
-                ("invalid", Some(failure(known, FAILURE_CANNOT_UNDERSTAND)))
-            }
-            Err(PutError::DuplicateRejected(_)) => {
-                metrics::record_rejection("stow", "duplicate_rejected");
-                (
-                    "duplicate_rejected",
-                    Some(failure(known, FAILURE_DUPLICATE)),
-                )
-            }
-            Err(PutError::Store(e)) => {
-                warn!(error = %e, "archive failure during STOW");
-                ("error", Some(failure(known, FAILURE_OUT_OF_RESOURCES)))
-            }
-        };
-        metrics::record_store_latency(started.elapsed(), label);
-        failed.extend(item);
+        }));
+    }
+    for put in in_flight {
+        collect(put.await, &base, &mut referenced, &mut failed);
     }
     if count == 0 {
         return Err(ApiError::bad_request("the multipart body has no parts"));
@@ -374,6 +362,71 @@ async fn stow(
         body.to_string(),
     )
         .into_response())
+}
+
+/// A part's put, as its task returns it.
+struct PartOutcome {
+    outcome: Result<PutOutcome, PutError>,
+    ids: PartIds,
+    part_len: u64,
+    started: Instant,
+}
+
+/// Records a part's put in the response lists and the metrics.
+fn collect(
+    joined: Result<PartOutcome, tokio::task::JoinError>,
+    base: &str,
+    referenced: &mut Vec<StowItem>,
+    failed: &mut Vec<StowItem>,
+) {
+    let PartOutcome {
+        outcome,
+        ids,
+        part_len,
+        started,
+    } = match joined {
+        Ok(part) => part,
+        Err(e) => {
+            // The put's task panicked or was cancelled: nothing is known of the part.
+            warn!(error = %e, "STOW put task failed");
+            failed.push(failure(PartIds::default(), FAILURE_OUT_OF_RESOURCES));
+            return;
+        }
+    };
+    let (label, item) = match outcome {
+        Ok(outcome) => {
+            let (label, stored, warning) = match outcome {
+                PutOutcome::Stored(s) => ("stored", s, None),
+                PutOutcome::Duplicate(s) => ("duplicate", s, None),
+                PutOutcome::Replaced(s) => ("replaced", s, None),
+                PutOutcome::ConflictKeptFirst(s) => {
+                    ("conflict_kept_first", s, Some(WARNING_DUPLICATE_KEPT_FIRST))
+                }
+            };
+            metrics::record_instance_received(
+                metrics::Route::Stow,
+                &stored.transfer_syntax_uid,
+                part_len,
+            );
+            referenced.push(reference(base, &stored, warning));
+            (label, None)
+        }
+        Err(PutError::Invalid(reason)) => {
+            debug!(%reason, "STOW part refused");
+            metrics::record_rejection("stow", "invalid_instance");
+            ("invalid", Some(failure(ids, FAILURE_CANNOT_UNDERSTAND)))
+        }
+        Err(PutError::DuplicateRejected(_)) => {
+            metrics::record_rejection("stow", "duplicate_rejected");
+            ("duplicate_rejected", Some(failure(ids, FAILURE_DUPLICATE)))
+        }
+        Err(PutError::Store(e)) => {
+            warn!(error = %e, "archive failure during STOW");
+            ("error", Some(failure(ids, FAILURE_OUT_OF_RESOURCES)))
+        }
+    };
+    metrics::record_store_latency(started.elapsed(), label);
+    failed.extend(item);
 }
 
 fn failure(ids: PartIds, reason: u16) -> StowItem {
