@@ -385,6 +385,14 @@ async fn insert_group(
     fingerprints: &[u64],
     hierarchy: &HierarchyCache,
 ) -> Result<Vec<Result<i64, sqlx::Error>>, sqlx::Error> {
+    // A group of one whose series row is known is one statement: SQLite's own transaction
+    // around it (autocommit) is as durable, and saves the round trips of BEGIN and COMMIT.
+    if let ([record], [fingerprint]) = (records, fingerprints)
+        && let Some(series) = hierarchy.lookup(&record.attributes, *fingerprint)
+    {
+        insert_instance_query(series, record).execute(pool).await?;
+        return Ok(vec![Ok(series)]);
+    }
     let mut tx = begin_write(pool).await?;
     let mut outcomes = Vec::with_capacity(records.len());
     // A group of one needs no savepoint: its failure is the transaction's.
@@ -588,6 +596,9 @@ impl SqliteIndex {
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            // A ping per acquire is a round trip to the connection's thread, and a local
+            // file has no connection to lose.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         let migrator = Migrator::new(EmbeddedMigrations)
