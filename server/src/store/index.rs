@@ -12,7 +12,8 @@
 //! transaction, each under its own savepoint (a failing insert is rolled back alone and
 //! reported to its caller alone), and one WAL fsync makes the whole group durable; every
 //! caller is answered only after that commit. With one association the group is one
-//! insert; with many, the fsyncs are shared. Being the only writer, the task also
+//! insert (one autocommitted statement once its series row is cached); with many, the
+//! fsyncs are shared. Being the only writer, the task also
 //! remembers the patient/study/series rows it wrote last ([`HierarchyCache`]), so the
 //! next instance of a series costs one statement, not four.
 
