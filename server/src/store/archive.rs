@@ -340,33 +340,22 @@ impl Archive {
         Ok((attributes, guard, existing))
     }
 
-    /// Places the upload in the blob store (readable, not yet durable: see
-    /// [`BlobStore::place`]) and returns its key.
-    async fn place_blob(
+    /// Places the upload in the blob store and makes the placement durable (see
+    /// [`BlobStore::place_durable`]); returns its key.
+    async fn store_blob(
         &self,
         path: tempfile::TempPath,
         sha256: &str,
     ) -> Result<String, StoreError> {
         // Disarm the temp path: the blob store moves the file. On failure remove it here.
         let staged = path.keep().map_err(|e| StoreError::Blob(e.error))?;
-        match self.inner.blobs.place(&staged, sha256).await {
+        match self.inner.blobs.place_durable(&staged, sha256).await {
             Ok(key) => Ok(key),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&staged).await;
                 Err(e.into())
             }
         }
-    }
-
-    /// Places the upload and makes it durable.
-    async fn store_blob(
-        &self,
-        path: tempfile::TempPath,
-        sha256: &str,
-    ) -> Result<String, StoreError> {
-        let key = self.place_blob(path, sha256).await?;
-        self.inner.blobs.make_durable(&key).await?;
-        Ok(key)
     }
 
     /// Stores a new instance: the blob (once its data is on the device: `data_durable`) is
@@ -384,8 +373,7 @@ impl Archive {
     ) -> Result<(), StoreError> {
         let blob = async {
             data_durable.await?;
-            let key = self.place_blob(path, &record.sha256).await?;
-            self.inner.blobs.make_durable(&key).await?;
+            self.store_blob(path, &record.sha256).await?;
             Ok::<_, StoreError>(())
         };
         let (placed, indexed) = tokio::join!(blob, self.inner.index.insert_instance(record));

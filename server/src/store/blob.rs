@@ -7,17 +7,18 @@
 //! the store is opened, so that a put never pays for a `mkdir` and its fsyncs: one
 //! directory fsync per blob (a million instances make ~4,000 files per directory, which
 //! ext4 and XFS index as a tree). Content addressing makes every step crash-safe without
-//! a journal. A put has two steps: [`BlobStore::place`] makes the blob
-//! readable under its key (the staged file's data is already fsynced; the rename is not yet
-//! durable), and [`BlobStore::make_durable`] makes the placement survive a crash (fsync of
-//! the directory). The archive runs the second step and the index commit at the same time
-//! and acknowledges only after both, so a crash can leave a blob with no row (an orphan) or
-//! a row whose placement was lost — of an instance that was never acknowledged; on open,
-//! [`crate::store::Archive::open`] removes both. Readers never see a row before its blob:
-//! the row is written after `place`. A replaced instance gets a new key, so the old row
-//! keeps pointing at intact bytes until the new row commits. An object-store backend
-//! implements the same trait (`place` uploads the staged file; `make_durable` has nothing
-//! left to do).
+//! a journal. A put has two steps: [`BlobStore::place`] makes the blob readable under its
+//! key (the staged file's data is already fsynced; the rename is not yet durable), and
+//! [`BlobStore::make_durable`] makes the placement survive a crash (fsync of the
+//! directory); [`BlobStore::place_durable`] does both (the filesystem store in one blocking
+//! task). The archive runs them while the index commits the row and acknowledges
+//! only after both, so a crash can leave a blob with no row (an orphan) or a row whose
+//! placement was lost — of an instance that was never acknowledged; on open,
+//! [`crate::store::Archive::open`] removes both. A reader that finds a row before its blob
+//! waits for the put (see [`crate::store::Archive::read_blob`]). A replaced instance gets a
+//! new key, so the old row keeps pointing at intact bytes until the new row commits. An
+//! object-store backend implements the same trait (`place` uploads the staged file;
+//! `make_durable` has nothing left to do).
 
 use std::future::Future;
 use std::io;
@@ -42,6 +43,19 @@ pub trait BlobStore: Send + Sync + 'static {
     fn key_for(&self, sha256_hex: &str) -> io::Result<String>;
     /// Returns once the placement of `key` survives a crash.
     fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
+    /// [`BlobStore::place`], then [`BlobStore::make_durable`]: returns the key once the
+    /// placement survives a crash. A store may do both in one step.
+    fn place_durable<'a>(
+        &'a self,
+        staged: &'a Path,
+        sha256_hex: &'a str,
+    ) -> BoxFuture<'a, io::Result<String>> {
+        Box::pin(async move {
+            let key = self.place(staged, sha256_hex).await?;
+            self.make_durable(&key).await?;
+            Ok(key)
+        })
+    }
     /// The blob's bytes.
     fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Vec<u8>>>;
     /// Removes a blob; a missing blob is not an error.
@@ -186,6 +200,26 @@ impl BlobStore for FsBlobStore {
         key_for(sha256_hex)
     }
 
+    /// The rename and the directory fsync in one blocking task (one thread hop, not two).
+    fn place_durable<'a>(
+        &'a self,
+        staged: &'a Path,
+        sha256_hex: &'a str,
+    ) -> BoxFuture<'a, io::Result<String>> {
+        let this = self.clone();
+        let staged = staged.to_path_buf();
+        let sha = sha256_hex.to_owned();
+        Box::pin(blocking(move || {
+            let key = this.place_blocking(&staged, &sha)?;
+            let placed = this.path(&key)?;
+            let dir = placed
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            sync_dir(dir)?;
+            Ok(key)
+        }))
+    }
+
     fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
             let dir = self
@@ -255,8 +289,7 @@ mod tests {
         let staged = dir.path().join("staged");
         std::fs::write(&staged, b"hello").unwrap();
         let sha = "0f".repeat(32);
-        let key = store.place(&staged, &sha).await.unwrap();
-        store.make_durable(&key).await.unwrap();
+        let key = store.place_durable(&staged, &sha).await.unwrap();
         assert!(!staged.exists());
         assert!(store.exists(&key).await.unwrap());
         assert_eq!(store.read(&key).await.unwrap(), b"hello");
