@@ -48,6 +48,7 @@ pub const MAX_PARTS: usize = 10_000;
 /// Parts of one request being stored at once while the next ones are received (their
 /// index inserts share commits, their fsyncs overlap the upload of the next parts).
 const PUTS_IN_FLIGHT: usize = 4;
+
 /// Bytes of each part kept in memory to read its UIDs (the header before PixelData).
 pub const PREFIX_MAX: usize = 4 << 20;
 

@@ -221,9 +221,9 @@ impl Archive {
             size: size_bytes,
         } = written?;
         let from_head = from_head?;
-        // The data fsync (the device) runs from here on its own: the parse, the stripe lock
-        // and the duplicate lookup do not need it, and neither does a new instance's index
-        // insert (see `store_new`).
+        // The data fsync (the device) runs from here on its own: the file's parse and the
+        // lookup (when the head did not hold the header) do not need it, and neither does a
+        // new instance's index insert (see `store_new`).
         let data_sync = tokio::task::spawn_blocking(move || file.sync_data());
         let durable = async move {
             data_sync
