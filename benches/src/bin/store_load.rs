@@ -3,8 +3,12 @@
 //! the same run, and STOW-RS in batches.
 //!
 //! ```text
-//! cargo run -p radserve-benches --bin store_load -- [--instances 1000] [--parallel 4] [--stow-batch 50]
+//! cargo run -p radserve-benches --bin store_load -- [--instances 1000] [--parallel 4] [--stow-batch 50] [--rounds 3]
 //! ```
+//!
+//! This machine's disk and CPU drift within minutes, so each C-STORE case runs `--rounds`
+//! times, storescp and radserve alternating, each on a fresh output directory; the ratio of
+//! each round is its two neighbouring measurements', and the summary gives the median.
 //!
 //! The client is dcmtk's `storescu` in every C-STORE case (with `TCP_NODELAY=1`, as is the
 //! server side of storescp, so Nagle's algorithm is not what we measure). radserve fsyncs and
@@ -36,6 +40,9 @@ struct Args {
     /// Instances per STOW-RS request.
     #[arg(long, default_value_t = 50)]
     stow_batch: usize,
+    /// Rounds of each C-STORE case (storescp, then radserve), for a median ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 struct Measurement {
@@ -60,9 +67,10 @@ fn main() -> anyhow::Result<()> {
         || args.instances % 100 != 0
         || args.parallel == 0
         || args.stow_batch == 0
+        || args.rounds == 0
     {
         bail!(
-            "--instances must be a positive multiple of 100; --parallel and --stow-batch positive"
+            "--instances must be a positive multiple of 100; --parallel, --stow-batch and --rounds positive"
         );
     }
     let work = tempfile::tempdir()?;
@@ -103,29 +111,44 @@ fn main() -> anyhow::Result<()> {
         } else {
             label.to_string()
         };
-        let out = work.path().join(format!("storescp-{}", dirs.len()));
-        std::fs::create_dir_all(&out)?;
-        let port = free_port()?;
-        let storescp = StoreScp::start(port, &out)?;
-        results.push(measure(
-            format!("storescp, C-STORE, {label}"),
-            files.len(),
-            bytes,
-            || storescu_all(&dirs, port, "STORESCP"),
-        )?);
-        drop(storescp);
+        for round in 1..=args.rounds {
+            let suffix = if args.rounds > 1 {
+                format!(" (round {round})")
+            } else {
+                String::new()
+            };
+            // Each measurement gets an empty directory, and the previous one's 500 MB are
+            // removed before it starts (not left to fill the disk over many rounds).
+            let out = work.path().join("storescp-out");
+            let data = work.path().join("radserve-data");
+            for dir in [&out, &data] {
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir)?;
+                }
+            }
+            std::fs::create_dir_all(&out)?;
+            let port = free_port()?;
+            let storescp = StoreScp::start(port, &out)?;
+            results.push(measure(
+                format!("storescp, C-STORE, {label}{suffix}"),
+                files.len(),
+                bytes,
+                || storescu_all(&dirs, port, "STORESCP"),
+            )?);
+            drop(storescp);
+            std::fs::remove_dir_all(&out)?;
 
-        let data = work.path().join(format!("radserve-{}", dirs.len()));
-        let server = RadServe::serve([OsString::from("--data"), data.into_os_string()]);
-        // The demo models load and warm up on both cores for a second or two after the
-        // listening line: measured then, storage would share the CPU with them.
-        server.wait_ready();
-        results.push(measure(
-            format!("radserve, C-STORE, {label}"),
-            files.len(),
-            bytes,
-            || storescu_all(&dirs, server.dicom_port, "RADSERVE"),
-        )?);
+            let server = RadServe::serve([OsString::from("--data"), data.into_os_string()]);
+            // The demo models load and warm up on both cores for a second or two after the
+            // listening line: measured then, storage would share the CPU with them.
+            server.wait_ready();
+            results.push(measure(
+                format!("radserve, C-STORE, {label}{suffix}"),
+                files.len(),
+                bytes,
+                || storescu_all(&dirs, server.dicom_port, "RADSERVE"),
+            )?);
+        }
     }
 
     let token = format!("load-{}", std::process::id());
@@ -174,16 +197,8 @@ fn print_table(results: &[Measurement], parallel: usize) {
     let floor = results.iter().find(|m| m.name.starts_with("disk floor"));
     println!("| case | instances | seconds | instances/s | MB/s | vs storescp | vs disk floor |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for m in results {
-        // The peer of a radserve C-STORE case is the storescp case with the same association count.
-        let peer = results.iter().find(|p| {
-            p.name.starts_with("storescp")
-                && m.name.starts_with("radserve, C-STORE")
-                && p.name.ends_with(m.name.rsplit(", ").next().unwrap_or(""))
-        });
-        let ratio = peer.map_or("—".to_string(), |p| {
-            format!("{:.2}×", m.per_second() / p.per_second())
-        });
+    for (i, m) in results.iter().enumerate() {
+        let ratio = storescp_ratio(results, i).map_or("—".to_string(), |r| format!("{r:.2}×"));
         let vs_floor = floor.map_or("—".to_string(), |f| {
             format!("{:.2}×", m.per_second() / f.per_second())
         });
@@ -198,9 +213,51 @@ fn print_table(results: &[Measurement], parallel: usize) {
             vs_floor
         );
     }
+    println!();
+    for case in [
+        "1 association".to_owned(),
+        format!("{parallel} associations"),
+    ] {
+        let mut ratios: Vec<f64> = (0..results.len())
+            .filter(|&i| results[i].name.contains(&format!("C-STORE, {case}")))
+            .filter_map(|i| storescp_ratio(results, i))
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}×")).collect();
+        println!(
+            "radserve / storescp, C-STORE, {case}: median {:.2}× over {} round(s) ({})",
+            median(&ratios),
+            ratios.len(),
+            listed.join(", ")
+        );
+    }
     println!(
         "\n(storescp writes files without fsync; radserve fsyncs and indexes each instance; {parallel} parallel associations = {parallel} storescu processes)"
     );
+}
+
+/// For a radserve C-STORE measurement, its throughput over the storescp measurement just
+/// before it (same case and round).
+fn storescp_ratio(results: &[Measurement], i: usize) -> Option<f64> {
+    let m = &results[i];
+    if !m.name.starts_with("radserve, C-STORE") {
+        return None;
+    }
+    let peer = results[..i].last()?;
+    let same_case = peer.name.strip_prefix("storescp")? == m.name.strip_prefix("radserve")?;
+    same_case.then(|| m.per_second() / peer.per_second())
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// dcmtk's storescp writing every instance to `out`, one process per association (--fork).
