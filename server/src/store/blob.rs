@@ -153,6 +153,18 @@ impl FsBlobStore {
         Ok(key)
     }
 
+    /// Runs `step` on the staged file and its SHA-256 in a blocking task.
+    fn placing<'a>(
+        &self,
+        staged: &Path,
+        sha: &str,
+        step: impl FnOnce(&FsBlobStore, &Path, &str) -> io::Result<String> + Send + 'static,
+    ) -> BoxFuture<'a, io::Result<String>> {
+        let this = self.clone();
+        let (staged, sha) = (staged.to_path_buf(), sha.to_owned());
+        Box::pin(blocking(move || step(&this, &staged, &sha)))
+    }
+
     fn keys_blocking(&self) -> io::Result<Vec<String>> {
         let mut keys = Vec::new();
         for a in std::fs::read_dir(&self.root)? {
@@ -185,15 +197,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl BlobStore for FsBlobStore {
-    fn place<'a>(
-        &'a self,
-        staged: &'a Path,
-        sha256_hex: &'a str,
-    ) -> BoxFuture<'a, io::Result<String>> {
-        let this = self.clone();
-        let staged = staged.to_path_buf();
-        let sha = sha256_hex.to_owned();
-        Box::pin(blocking(move || this.place_blocking(&staged, &sha)))
+    fn place<'a>(&'a self, staged: &'a Path, sha: &'a str) -> BoxFuture<'a, io::Result<String>> {
+        self.placing(staged, sha, Self::place_blocking)
     }
 
     fn key_for(&self, sha256_hex: &str) -> io::Result<String> {
@@ -204,20 +209,17 @@ impl BlobStore for FsBlobStore {
     fn place_durable<'a>(
         &'a self,
         staged: &'a Path,
-        sha256_hex: &'a str,
+        sha: &'a str,
     ) -> BoxFuture<'a, io::Result<String>> {
-        let this = self.clone();
-        let staged = staged.to_path_buf();
-        let sha = sha256_hex.to_owned();
-        Box::pin(blocking(move || {
-            let key = this.place_blocking(&staged, &sha)?;
+        self.placing(staged, sha, |this, staged, sha| {
+            let key = this.place_blocking(staged, sha)?;
             let placed = this.path(&key)?;
             let dir = placed
                 .parent()
                 .ok_or_else(|| io::Error::other("blob path has no parent"))?;
             sync_dir(dir)?;
             Ok(key)
-        }))
+        })
     }
 
     fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
