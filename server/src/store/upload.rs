@@ -8,8 +8,8 @@
 //! last chunk rather than for the whole file.
 //!
 //! [`UploadFiles`] keeps a few temporary files created ahead of need: creating one is an
-//! inode allocation and a journal entry (~0.25 ms here), which would otherwise sit on every
-//! instance's path between two C-STOREs of one association.
+//! inode allocation (~0.25 ms here), which would otherwise sit on every instance's path
+//! between two C-STOREs of one association.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use super::{PutError, StoreError};
 const WRITE_CHUNK: usize = 128 * 1024;
 
 /// The first bytes of every upload are also kept in memory, so that its header can be
-/// parsed while its last bytes are still being written (see [`Upload::head`]).
+/// parsed while its last bytes are still being written (see [`Upload::take_head`]).
 const HEAD_BYTES: usize = 64 * 1024;
 
 /// Temporary files kept ready (a few associations' next instances).
