@@ -3,9 +3,12 @@
 //! training seed and the card's held-out seed), lists every component with its lung border
 //! fraction and whether it hits a nodule, then the sensitivity (nodules ≥ 6 mm) and false
 //! positives per scan for each pair of minimum lung border fraction and minimum
-//! through-plane ratio in a grid.
+//! through-plane ratio in a grid, and for each pair of minimum volume and minimum
+//! through-plane ratio in another.
 //!
-//! `cargo run -p radserve-models --example segmenter_components -- SEED SCANS [PACKAGE_DIR]`
+//! `cargo run -p radserve-models --example segmenter_components -- SEED SCANS [PACKAGE_DIR [THRESHOLD]]`
+//!
+//! THRESHOLD replaces the package's probability threshold for the mask.
 
 use burn::tensor::Device;
 use radserve_models::evaluate::{
@@ -17,13 +20,20 @@ use radserve_models::postprocess::ComponentOptions;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: segmenter_components SEED SCANS [PACKAGE_DIR]";
+    let usage = "usage: segmenter_components SEED SCANS [PACKAGE_DIR [THRESHOLD]]";
     let seed: u64 = args.next().ok_or(usage)?.parse()?;
     let scans: usize = args.next().ok_or(usage)?.parse()?;
     let dir = args
         .next()
         .unwrap_or_else(|| "models/zoo/ct-lung-nodule".to_owned());
-    let model = LoadedModel::load(ModelPackage::open(&dir)?, &Device::flex(), &[1, 8])?;
+    let mut package = ModelPackage::open(&dir)?;
+    if let Some(threshold) = args.next() {
+        let threshold: f64 = threshold.parse()?;
+        for label in &mut package.manifest.output.labels {
+            label.threshold = threshold;
+        }
+    }
+    let model = LoadedModel::load(package, &Device::flex(), &[1, 8])?;
     let (segmented, overlap) = segment_scans(&model, seed, scans)?;
     println!(
         "| scan | volume mm³ | slices | lung border | through-plane ratio | hits a nodule (diameter mm) |"
@@ -49,28 +59,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("| {i} | missed: a {:.1} mm nodule | | | | |", n.diameter_mm);
         }
     }
+    let dice = overlap.dice().unwrap_or(0.0);
+    let cell = |rules: ComponentOptions| {
+        let m = score_detection(&segmented, dice, &rules);
+        format!("{:.3} / {:.2}", m.sensitivity, m.false_positives_per_scan)
+    };
+    let ratios = [0.0, 0.2, 0.25, 0.3, 0.35, 0.4];
+    let header = |rows: &str| {
+        println!(
+            "| {rows} | {} |",
+            ratios.map(|r| format!("ratio ≥ {r}")).join(" | ")
+        );
+        println!("|---:|{}", "---|".repeat(ratios.len()));
+    };
     println!(
         "\nsensitivity ≥ 6 mm / false positives per scan, by minimum lung border (rows) and minimum through-plane ratio (columns)\n"
     );
-    let ratios = [0.0, 0.2, 0.25, 0.3, 0.35, 0.4];
-    println!(
-        "| lung border | {} |",
-        ratios.map(|r| format!("ratio ≥ {r}")).join(" | ")
-    );
-    println!("|---:|{}", "---|".repeat(ratios.len()));
-    let dice = overlap.dice().unwrap_or(0.0);
+    header("lung border");
     for step in 0..6 {
         let min_lung_border_fraction = f64::from(step) / 10.0;
         let cells = ratios.map(|min_through_plane_ratio| {
-            let rules = ComponentOptions {
+            cell(ComponentOptions {
                 min_lung_border_fraction,
                 min_through_plane_ratio,
                 ..ComponentOptions::default()
-            };
-            let m = score_detection(&segmented, dice, &rules);
-            format!("{:.3} / {:.2}", m.sensitivity, m.false_positives_per_scan)
+            })
         });
         println!("| {min_lung_border_fraction:.1} | {} |", cells.join(" | "));
+    }
+    // A 6 mm sphere is 113 mm³: the smallest nodule the detection target counts.
+    println!(
+        "\nthe same by minimum component volume in mm³ (rows) and minimum through-plane ratio (columns), lung border rule off\n"
+    );
+    header("volume");
+    for min_volume_mm3 in [0.0, 10.0, 30.0, 50.0, 65.0, 80.0, 100.0] {
+        let cells = ratios.map(|min_through_plane_ratio| {
+            cell(ComponentOptions {
+                min_volume_mm3,
+                min_through_plane_ratio,
+                ..ComponentOptions::default()
+            })
+        });
+        println!("| {min_volume_mm3:.0} | {} |", cells.join(" | "));
     }
     Ok(())
 }

@@ -11,21 +11,26 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, Parser, Subcommand};
+use dicom_samples::ct::CtPhantom;
 use dicom_samples::ground_truth::XrayLabel;
 use indicatif::{ProgressBar, ProgressStyle};
 use radserve_models::architecture::densenet::Pooling;
-use radserve_models::architecture::{ArchitectureConfig, DenseNetConfig, Network, UNetConfig};
+use radserve_models::architecture::{
+    ArchitectureConfig, DenseNetConfig, Network, UNet, UNetConfig,
+};
 use radserve_models::evaluate;
 use radserve_models::model::LoadedModel;
 use radserve_models::package::{
     CodedConcept, InputSpec, Intensity, LabelSpec, Manifest, ModelInfo, ModelPackage,
     Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo, WeightsInfo, sha256_hex,
 };
-use radserve_models::synthetic;
+use radserve_models::postprocess::ComponentOptions;
+use radserve_models::synthetic::{self, CtSliceExample};
 use radserve_models::weights;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -85,6 +90,22 @@ struct TrainArgs {
     /// false positives lie in the mediastinum and chest wall, which these slices show).
     #[arg(long, default_value_t = 0.5)]
     other_slices: f64,
+    /// Segmenter only: start from this package's weights (same architecture) instead of
+    /// random ones, e.g. to add hard-example epochs to a trained model.
+    #[arg(long)]
+    init_weights: Option<PathBuf>,
+    /// Segmenter only: after `--epochs`, run the network on every slice of the training
+    /// scans, add the slices it gets wrong (hard examples) to the training set, and train
+    /// this many more epochs at half the learning rate.
+    #[arg(long, default_value_t = 0)]
+    hard_example_epochs: usize,
+    /// Segmenter only: the package's component rule, components smaller than this (mm³)
+    /// are dropped; without it the package keeps radserve's default.
+    #[arg(long)]
+    min_component_volume: Option<f64>,
+    /// Version written into the package's `model.toml`.
+    #[arg(long, default_value = "0.1.0")]
+    model_version: String,
 }
 
 fn main() -> Result<()> {
@@ -114,6 +135,12 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     }
     if !(args.other_slices.is_finite() && (0.0..=20.0).contains(&args.other_slices)) {
         bail!("--other-slices must be within 0 and 20");
+    }
+    if args
+        .min_component_volume
+        .is_some_and(|v| !(v.is_finite() && v >= 0.0))
+    {
+        bail!("--min-component-volume must be 0 or more");
     }
     Ok(())
 }
@@ -293,7 +320,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
     Manifest {
         model: ModelInfo {
             name: "chest-xray-findings".into(),
-            version: "0.1.0".into(),
+            version: args.model_version.clone(),
             description: "Multi-label classifier of frontal chest radiographs: nodule, consolidation, pleural effusion, cardiomegaly.".into(),
             intended_use: "Demonstrating radserve's pipeline end to end on synthetic radiographs.".into(),
             disclaimer: DISCLAIMER.into(),
@@ -446,11 +473,41 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     })
 }
 
-fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usize) -> Manifest {
+fn segmenter_manifest(
+    args: &TrainArgs,
+    command: &str,
+    studies: usize,
+    eval: usize,
+    base: Option<&Manifest>,
+) -> Manifest {
+    let mut data = format!(
+        "slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and {} times as many others",
+        args.seed, args.other_slices
+    );
+    if let Some(base) = base {
+        // The card must say how the starting weights were made, or nobody can remake them.
+        data = format!(
+            "continued from {} {} (data: {}; command: `{}`; {} s); here {data}",
+            base.model.name,
+            base.model.version,
+            base.training.data,
+            base.training.command,
+            base.training
+                .duration_s
+                .map_or_else(|| "?".to_string(), |d| d.to_string()),
+        );
+    }
+    if args.hard_example_epochs > 0 {
+        data += &format!(
+            "; after {} epochs, every slice of those scans on which the network marked or missed ≥ {HARD_SLICE_WRONG_PIXELS} pixels added (hard examples) and {} epochs more at half the learning rate",
+            args.epochs.unwrap_or(SEGMENTER_EPOCHS),
+            args.hard_example_epochs
+        );
+    }
     Manifest {
         model: ModelInfo {
             name: "ct-lung-nodule".into(),
-            version: "0.1.0".into(),
+            version: args.model_version.clone(),
             description: "2D U-Net run slice by slice on chest CT, giving a lung nodule mask; 3D components give each nodule's centre, diameter and volume.".into(),
             intended_use: "Demonstrating radserve's segmentation path (SEG, SR measurements) on synthetic CT.".into(),
             disclaimer: DISCLAIMER.into(),
@@ -472,16 +529,19 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
         output: OutputSpec {
             kind: OutputTask::Segmentation,
             labels: vec![label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))],
-            // Component rules stay off (MODEL_CARD.md): the lung-border rule lost nodules
-            // that touch the pleura; the flat-component rule, chosen on validation seeds,
-            // lost a nodule in the end-to-end pipeline study.
-            components: None,
+            // Only a minimum volume, when asked for (MODEL_CARD.md): the lung-border rule
+            // lost nodules that touch the pleura; the flat-component rule, chosen on
+            // validation seeds, lost a nodule in the end-to-end pipeline study.
+            components: args.min_component_volume.map(|min_volume_mm3| ComponentOptions {
+                min_volume_mm3,
+                ..ComponentOptions::default()
+            }),
         },
         training: training_info(
             args,
             command,
             eval,
-            format!("slices of {studies} synthetic chest CTs from dicom-samples (512×512, 1–4 nodules of 4–30 mm each), seed {}: every slice a nodule touches and {} times as many others", args.seed, args.other_slices),
+            data,
             format!("{eval} held-out synthetic CTs of 80 slices, seed {}; Dice on the 512×512 grid; detection for nodules ≥ 6 mm", args.eval_seed),
         ),
         metrics: BTreeMap::new(),
@@ -492,9 +552,22 @@ fn segmenter_manifest(args: &TrainArgs, command: &str, studies: usize, eval: usi
 fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
     check_args(args)?;
     let studies = args.studies.unwrap_or(24);
-    let epochs = args.epochs.unwrap_or(4);
+    let epochs = args.epochs.unwrap_or(SEGMENTER_EPOCHS);
     let eval = args.eval_studies.unwrap_or(8);
-    let mut manifest = segmenter_manifest(args, command, studies, eval);
+    let base = args
+        .init_weights
+        .as_ref()
+        .map(|dir| {
+            ModelPackage::open(dir).with_context(|| format!("--init-weights {}", dir.display()))
+        })
+        .transpose()?;
+    let mut manifest = segmenter_manifest(
+        args,
+        command,
+        studies,
+        eval,
+        base.as_ref().map(|p| &p.manifest),
+    );
     let ArchitectureConfig::Unet(config) = manifest.architecture.clone() else {
         bail!("the segmenter is a U-Net");
     };
@@ -502,14 +575,13 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
     println!("rendering slices of {studies} training scans…");
     let mut examples = Vec::new();
+    let mut phantoms = Vec::with_capacity(studies);
     let mut seed = args.seed * 10_000;
-    let mut scans = 0;
-    while scans < studies {
+    while phantoms.len() < studies {
         seed += 1;
         let Some(phantom) = synthetic::ct_phantom(seed, synthetic::CT_SLICES) else {
             continue;
         };
-        scans += 1;
         for index in synthetic::ct_training_slices(&phantom, args.other_slices, &mut rng) {
             examples.push(synthetic::ct_slice_example(
                 &phantom,
@@ -517,31 +589,128 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
                 &manifest.input,
             )?);
         }
+        phantoms.push(phantom);
     }
     println!("{} training slices", examples.len());
-    let [rows, columns] = manifest.input.target_size;
     let device = Device::flex().autodiff();
     device.seed(args.seed);
-    let mut model = config.init(&device)?;
+    let mut model = match &base {
+        None => config.init(&device)?,
+        Some(package) => initial_weights(package, &manifest.architecture, &device)?,
+    };
     let mut optimizer = AdamConfig::new().init();
+    let mut fit =
+        |model: UNet, examples: &[CtSliceExample], epochs: usize, lr: f64, stage: &str| {
+            let schedule = Schedule {
+                epochs,
+                lr,
+                batch_size: args.batch,
+                stage,
+            };
+            fit_segmenter(
+                model,
+                &mut optimizer,
+                examples,
+                &schedule,
+                &device,
+                &mut rng,
+            )
+        };
+    model = fit(model, &examples, epochs, args.learning_rate, "epoch");
+    if args.hard_example_epochs > 0 {
+        let hard = hard_slices(&model, &phantoms, &manifest.input, args.batch)?;
+        println!(
+            "{} hard slices added to {} (slices the network gets wrong)",
+            hard.len(),
+            examples.len()
+        );
+        examples.extend(hard);
+        model = fit(
+            model,
+            &examples,
+            args.hard_example_epochs,
+            args.learning_rate / 2.0,
+            "hard-example epoch",
+        );
+    }
+    manifest.training.duration_s = Some(started.elapsed().as_secs_f64().round());
+    let network = Network::UNet(Box::new(model));
+    write_package(&args.out, manifest, &network, |loaded| {
+        let m = evaluate::evaluate_segmenter(loaded, args.eval_seed, eval)?;
+        Ok(BTreeMap::from([
+            ("dice".to_string(), m.dice),
+            ("sensitivity_6mm".to_string(), m.sensitivity),
+            (
+                "false_positives_per_scan".to_string(),
+                m.false_positives_per_scan,
+            ),
+        ]))
+    })
+}
+
+/// The weights of `package`, which must have `architecture`, ready to train on `device`.
+fn initial_weights(
+    package: &ModelPackage,
+    architecture: &ArchitectureConfig,
+    device: &Device,
+) -> Result<UNet> {
+    let dir = package.directory.display();
+    if &package.manifest.architecture != architecture {
+        bail!(
+            "--init-weights {dir}: its architecture {:?} is not the one trained here ({architecture:?})",
+            package.manifest.architecture
+        );
+    }
+    match radserve_models::package::load_network(package, device)? {
+        Network::UNet(model) => Ok(*model),
+        _ => bail!("--init-weights {dir}: not a U-Net"),
+    }
+}
+
+/// One stage of training: its epochs, starting learning rate, batch size and name.
+struct Schedule<'a> {
+    epochs: usize,
+    lr: f64,
+    batch_size: usize,
+    stage: &'a str,
+}
+
+/// `schedule.epochs` epochs of the optimizer over `examples` in shuffled batches, the
+/// learning rate falling from `schedule.lr` along a cosine.
+fn fit_segmenter(
+    mut model: UNet,
+    optimizer: &mut ModuleOptimizer,
+    examples: &[CtSliceExample],
+    schedule: &Schedule,
+    device: &Device,
+    rng: &mut ChaCha8Rng,
+) -> UNet {
+    let Some(first) = examples.first() else {
+        return model;
+    };
+    let Schedule {
+        epochs,
+        lr,
+        batch_size,
+        stage,
+    } = *schedule;
+    let edge = (first.image.len() as f64).sqrt() as usize;
     let mut order: Vec<usize> = (0..examples.len()).collect();
     for epoch in 0..epochs {
-        order.shuffle(&mut rng);
-        let batches = order.len().div_ceil(args.batch);
-        let bar = progress(batches as u64, &format!("epoch {}/{epochs}", epoch + 1));
-        let lr = args.learning_rate
-            * 0.5
-            * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
-        for batch in order.chunks(args.batch) {
-            let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
-            let mut masks = Vec::with_capacity(batch.len() * rows * columns);
+        order.shuffle(rng);
+        let batches = order.len().div_ceil(batch_size);
+        let bar = progress(batches as u64, &format!("{stage} {}/{epochs}", epoch + 1));
+        let lr = lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        for batch in order.chunks(batch_size) {
+            let mut pixels = Vec::with_capacity(batch.len() * edge * edge);
+            let mut masks = Vec::with_capacity(batch.len() * edge * edge);
             for &i in batch {
                 pixels.extend_from_slice(&examples[i].image);
                 masks.extend_from_slice(&examples[i].mask);
             }
-            let shape = [batch.len(), 1, rows, columns];
-            let images = Tensor::<4>::from_data(TensorData::new(pixels, shape), &device);
-            let targets = Tensor::<4>::from_data(TensorData::new(masks, shape), &device);
+            let shape = [batch.len(), 1, edge, edge];
+            let images = Tensor::<4>::from_data(TensorData::new(pixels, shape), device);
+            let targets = Tensor::<4>::from_data(TensorData::new(masks, shape), device);
             let logits = model.forward(images);
             // BCE alone drowns a few nodule pixels in a sea of lung; soft Dice weighs them.
             let probabilities = sigmoid(logits.clone());
@@ -560,19 +729,75 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         }
         bar.finish();
     }
-    manifest.training.duration_s = Some(started.elapsed().as_secs_f64().round());
-    let network = Network::UNet(Box::new(model));
-    write_package(&args.out, manifest, &network, |loaded| {
-        let m = evaluate::evaluate_segmenter(loaded, args.eval_seed, eval)?;
-        Ok(BTreeMap::from([
-            ("dice".to_string(), m.dice),
-            ("sensitivity_6mm".to_string(), m.sensitivity),
-            (
-                "false_positives_per_scan".to_string(),
-                m.false_positives_per_scan,
-            ),
-        ]))
-    })
+    model
+}
+
+/// Epochs of the segmenter's first stage when `--epochs` is not given.
+const SEGMENTER_EPOCHS: usize = 4;
+
+/// A slice counts as wrong when this many pixels of the network's grid are (either way).
+const HARD_SLICE_WRONG_PIXELS: usize = 4;
+
+/// Every slice of `phantoms` on which `model` marks or misses at least
+/// [`HARD_SLICE_WRONG_PIXELS`] pixels: false positives in the mediastinum and chest wall
+/// that the random slices rarely show, and nodules it misses (those slices are then seen
+/// twice per epoch).
+fn hard_slices(
+    model: &UNet,
+    phantoms: &[CtPhantom],
+    spec: &InputSpec,
+    batch_size: usize,
+) -> Result<Vec<CtSliceExample>> {
+    let snapshot = model.valid();
+    // The snapshot's tensors left autodiff: feed it on the device it now lives on.
+    let device = snapshot
+        .devices()
+        .into_iter()
+        .next()
+        .context("the network has no parameters")?;
+    let [rows, columns] = spec.target_size;
+    let bar = progress(phantoms.len() as u64, "mining hard slices");
+    let mut hard = Vec::new();
+    for phantom in phantoms {
+        let indices: Vec<usize> = (0..phantom.geometry.slices).collect();
+        for chunk in indices.chunks(batch_size) {
+            let examples = chunk
+                .iter()
+                .map(|&index| synthetic::ct_slice_example(phantom, index, spec))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pixels: Vec<f32> = examples
+                .iter()
+                .flat_map(|e| e.image.iter().copied())
+                .collect();
+            let images = Tensor::<4>::from_data(
+                TensorData::new(pixels, [examples.len(), 1, rows, columns]),
+                &device,
+            );
+            let logits: Vec<f32> = snapshot
+                .forward(images)
+                .into_data()
+                .try_to_vec()
+                .map_err(|e| anyhow::anyhow!("reading the network's output: {e:?}"))?;
+            for (example, logits) in examples.into_iter().zip(logits.chunks(rows * columns)) {
+                // Logit 0 is probability 0.5, the package's threshold. A pixel the nodule's
+                // edge crosses (mask strictly between 0 and 1) is not counted either way:
+                // an outline a pixel off is not what this stage is for.
+                let wrong = logits
+                    .iter()
+                    .zip(&example.mask)
+                    .filter(|&(&logit, &truth)| {
+                        (logit >= 0.0 && truth == 0.0) || (logit < 0.0 && truth >= 1.0)
+                    })
+                    .count();
+                if wrong >= HARD_SLICE_WRONG_PIXELS {
+                    hard.push(example);
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(hard)
 }
 
 #[cfg(test)]
