@@ -605,6 +605,7 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
                 epochs,
                 lr,
                 batch_size: args.batch,
+                size: manifest.input.target_size,
                 stage,
             };
             fit_segmenter(
@@ -667,11 +668,13 @@ fn initial_weights(
     }
 }
 
-/// One stage of training: its epochs, starting learning rate, batch size and name.
+/// One stage of training: its epochs, starting learning rate, batch size, the network's
+/// input size and the stage's name.
 struct Schedule<'a> {
     epochs: usize,
     lr: f64,
     batch_size: usize,
+    size: [usize; 2],
     stage: &'a str,
 }
 
@@ -685,16 +688,13 @@ fn fit_segmenter(
     device: &Device,
     rng: &mut ChaCha8Rng,
 ) -> UNet {
-    let Some(first) = examples.first() else {
-        return model;
-    };
     let Schedule {
         epochs,
         lr,
         batch_size,
+        size: [rows, columns],
         stage,
     } = *schedule;
-    let edge = (first.image.len() as f64).sqrt() as usize;
     let mut order: Vec<usize> = (0..examples.len()).collect();
     for epoch in 0..epochs {
         order.shuffle(rng);
@@ -702,13 +702,13 @@ fn fit_segmenter(
         let bar = progress(batches as u64, &format!("{stage} {}/{epochs}", epoch + 1));
         let lr = lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
         for batch in order.chunks(batch_size) {
-            let mut pixels = Vec::with_capacity(batch.len() * edge * edge);
-            let mut masks = Vec::with_capacity(batch.len() * edge * edge);
+            let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
+            let mut masks = Vec::with_capacity(batch.len() * rows * columns);
             for &i in batch {
                 pixels.extend_from_slice(&examples[i].image);
                 masks.extend_from_slice(&examples[i].mask);
             }
-            let shape = [batch.len(), 1, edge, edge];
+            let shape = [batch.len(), 1, rows, columns];
             let images = Tensor::<4>::from_data(TensorData::new(pixels, shape), device);
             let targets = Tensor::<4>::from_data(TensorData::new(masks, shape), device);
             let logits = model.forward(images);
@@ -737,6 +737,18 @@ const SEGMENTER_EPOCHS: usize = 4;
 
 /// A slice counts as wrong when this many pixels of the network's grid are (either way).
 const HARD_SLICE_WRONG_PIXELS: usize = 4;
+
+/// Pixels the network gets wrong: marked where no nodule lies, or missed inside one. Logit
+/// 0 is probability 0.5, the package's threshold. A pixel the nodule's edge crosses (mask
+/// strictly between 0 and 1) counts neither way: an outline a pixel off is not what the
+/// hard-example stage is for.
+fn wrong_pixels(logits: &[f32], mask: &[f32]) -> usize {
+    logits
+        .iter()
+        .zip(mask)
+        .filter(|&(&logit, &truth)| (logit >= 0.0 && truth == 0.0) || (logit < 0.0 && truth >= 1.0))
+        .count()
+}
 
 /// Every slice of `phantoms` on which `model` marks or misses at least
 /// [`HARD_SLICE_WRONG_PIXELS`] pixels: false positives in the mediastinum and chest wall
@@ -779,16 +791,7 @@ fn hard_slices(
                 .try_to_vec()
                 .map_err(|e| anyhow::anyhow!("reading the network's output: {e:?}"))?;
             for (example, logits) in examples.into_iter().zip(logits.chunks(rows * columns)) {
-                // Logit 0 is probability 0.5, the package's threshold. A pixel the nodule's
-                // edge crosses (mask strictly between 0 and 1) is not counted either way:
-                // an outline a pixel off is not what this stage is for.
-                let wrong = logits
-                    .iter()
-                    .zip(&example.mask)
-                    .filter(|&(&logit, &truth)| {
-                        (logit >= 0.0 && truth == 0.0) || (logit < 0.0 && truth >= 1.0)
-                    })
-                    .count();
+                let wrong = wrong_pixels(logits, &example.mask);
                 if wrong >= HARD_SLICE_WRONG_PIXELS {
                     hard.push(example);
                 }
@@ -811,6 +814,17 @@ mod tests {
             .filter(|(_, v)| **v == 1.0)
             .map(|(i, _)| (i / columns, i % columns))
             .collect()
+    }
+
+    #[test]
+    fn wrong_pixels_count_false_and_missed_pixels_but_not_the_edge() {
+        use super::wrong_pixels;
+        // Logits: marked (≥ 0) or not; mask: outside (0), edge (0.4), inside (1).
+        let logits = [2.0, -2.0, 0.0, -0.5, 1.0, -1.0];
+        let mask = [0.0, 1.0, 0.4, 0.4, 1.0, 0.0];
+        // Pixel 0 is a false positive, pixel 1 a miss; the edges and the right ones do not count.
+        assert_eq!(wrong_pixels(&logits, &mask), 2);
+        assert_eq!(wrong_pixels(&[-1.0; 4], &[0.0; 4]), 0);
     }
 
     #[test]
