@@ -26,8 +26,9 @@ use radserve_models::architecture::{
 use radserve_models::evaluate;
 use radserve_models::model::LoadedModel;
 use radserve_models::package::{
-    CodedConcept, InputSpec, Intensity, LabelSpec, Manifest, ModelInfo, ModelPackage,
-    Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo, WeightsInfo, sha256_hex,
+    CodedConcept, DEFAULT_MIN_COMPONENT_VOLUME_MM3, InputSpec, Intensity, LabelSpec, Manifest,
+    ModelInfo, ModelPackage, Normalisation, OutputSpec, OutputTask, Photometric, TrainingInfo,
+    WeightsInfo, sha256_hex,
 };
 use radserve_models::postprocess::ComponentOptions;
 use radserve_models::synthetic::{self, CtSliceExample};
@@ -103,6 +104,10 @@ struct TrainArgs {
     /// are dropped; without it the package keeps radserve's default.
     #[arg(long)]
     min_component_volume: Option<f64>,
+    /// Segmenter only: the package's component rule, components with less of their border
+    /// in aerated lung (below −400 HU) than this fraction are dropped; 0 keeps them all.
+    #[arg(long, default_value_t = 0.0)]
+    min_lung_border_fraction: f64,
     /// Version written into the package's `model.toml`.
     #[arg(long, default_value = "0.1.0")]
     model_version: String,
@@ -141,6 +146,9 @@ fn check_args(args: &TrainArgs) -> Result<()> {
         .is_some_and(|v| !(v.is_finite() && v >= 0.0))
     {
         bail!("--min-component-volume must be 0 or more");
+    }
+    if !(0.0..=1.0).contains(&args.min_lung_border_fraction) {
+        bail!("--min-lung-border-fraction must be within 0 and 1");
     }
     Ok(())
 }
@@ -498,9 +506,12 @@ fn segmenter_manifest(
         );
     }
     if args.hard_example_epochs > 0 {
+        let first = match args.epochs.unwrap_or(SEGMENTER_EPOCHS) {
+            0 => "without further training on them".to_string(),
+            n => format!("after {n} epochs on them"),
+        };
         data += &format!(
-            "; after {} epochs, every slice of those scans on which the network marked or missed ≥ {HARD_SLICE_WRONG_PIXELS} pixels added (hard examples) and {} epochs more at half the learning rate",
-            args.epochs.unwrap_or(SEGMENTER_EPOCHS),
+            "; {first}, every slice of those scans on which the network marked or missed ≥ {HARD_SLICE_WRONG_PIXELS} pixels added (hard examples) and {} epochs at half the learning rate",
             args.hard_example_epochs
         );
     }
@@ -529,13 +540,15 @@ fn segmenter_manifest(
         output: OutputSpec {
             kind: OutputTask::Segmentation,
             labels: vec![label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))],
-            // Only a minimum volume, when asked for (MODEL_CARD.md): the lung-border rule
-            // lost nodules that touch the pleura; the flat-component rule, chosen on
-            // validation seeds, lost a nodule in the end-to-end pipeline study.
-            components: args.min_component_volume.map(|min_volume_mm3| ComponentOptions {
-                min_volume_mm3,
-                ..ComponentOptions::default()
-            }),
+            // Rules only when asked for (MODEL_CARD.md says which were chosen and why).
+            components: (args.min_component_volume.is_some() || args.min_lung_border_fraction > 0.0)
+                .then(|| ComponentOptions {
+                    min_volume_mm3: args
+                        .min_component_volume
+                        .unwrap_or(DEFAULT_MIN_COMPONENT_VOLUME_MM3),
+                    min_lung_border_fraction: args.min_lung_border_fraction,
+                    ..ComponentOptions::default()
+                }),
         },
         training: training_info(
             args,
