@@ -1,0 +1,103 @@
+//! The trainer binary end to end, on a budget a test can afford: continuing the demo
+//! segmenter with a hard-example stage writes a package that loads, records where its
+//! weights came from, and carries the component rule it was given; a starting package of
+//! another architecture is refused.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use radserve_models::package::ModelPackage;
+
+fn demo_segmenter() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("zoo/ct-lung-nodule")
+}
+
+fn train(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .output()
+        .expect("run the trainer")
+}
+
+#[test]
+fn a_hard_example_stage_continues_a_package_and_says_so() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let base = ModelPackage::open(demo_segmenter()).expect("demo segmenter");
+    let output = train(&[
+        "ct-lung-nodule",
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+        "--init-weights",
+        demo_segmenter().to_str().expect("utf-8 path"),
+        "--studies",
+        "1",
+        "--epochs",
+        "0",
+        "--hard-example-epochs",
+        "1",
+        "--eval-studies",
+        "1",
+        "--min-lung-border-fraction",
+        "0.1",
+        "--model-version",
+        "9.9.9",
+    ]);
+    assert!(
+        output.status.success(),
+        "trainer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("hard slices added"), "{stdout}");
+
+    let package = ModelPackage::open(out.path()).expect("the new package opens");
+    let manifest = &package.manifest;
+    assert_eq!(manifest.model.version, "9.9.9");
+    assert_eq!(manifest.architecture, base.manifest.architecture);
+    // The hard-example epoch moved the weights away from the ones it started from.
+    assert_ne!(manifest.weights.sha256, base.manifest.weights.sha256);
+    let data = &manifest.training.data;
+    assert!(
+        data.contains(&format!(
+            "continued from ct-lung-nodule {}",
+            base.manifest.model.version
+        )),
+        "{data}"
+    );
+    assert!(data.contains(&base.manifest.training.command), "{data}");
+    assert!(data.contains("hard examples"), "{data}");
+    let rules = manifest.output.component_options();
+    assert_eq!(rules.min_lung_border_fraction, 0.1);
+    for metric in ["dice", "sensitivity_6mm", "false_positives_per_scan"] {
+        assert!(manifest.metrics.contains_key(metric), "{metric} measured");
+    }
+    let card = std::fs::read_to_string(out.path().join("MODEL_CARD.md")).expect("card");
+    assert!(card.contains("lung border fraction ≥ 0.1"), "{card}");
+}
+
+#[test]
+fn a_starting_package_of_another_architecture_is_refused() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let classifier = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("zoo/chest-xray-findings");
+    let output = train(&[
+        "ct-lung-nodule",
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+        "--init-weights",
+        classifier.to_str().expect("utf-8 path"),
+        "--studies",
+        "1",
+        "--epochs",
+        "0",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("its architecture") && stderr.contains("is not the one trained here"),
+        "{stderr}"
+    );
+    assert!(
+        !out.path().join("model.toml").exists(),
+        "nothing is written for a refused start"
+    );
+}
