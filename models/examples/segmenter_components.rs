@@ -65,42 +65,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("{:.3} / {:.2}", m.sensitivity, m.false_positives_per_scan)
     };
     let ratios = [0.0, 0.2, 0.25, 0.3, 0.35, 0.4];
-    let header = |rows: &str| {
+    // One table: a row per base rule, a column per minimum through-plane ratio.
+    let grid = |title: &str, rows_name: &str, rows: Vec<(String, ComponentOptions)>| {
+        println!("\n{title}\n");
         println!(
-            "| {rows} | {} |",
+            "| {rows_name} | {} |",
             ratios.map(|r| format!("ratio ≥ {r}")).join(" | ")
         );
         println!("|---:|{}", "---|".repeat(ratios.len()));
+        for (label, base) in rows {
+            let cells = ratios.map(|min_through_plane_ratio| {
+                cell(ComponentOptions {
+                    min_through_plane_ratio,
+                    ..base
+                })
+            });
+            println!("| {label} | {} |", cells.join(" | "));
+        }
     };
-    println!(
-        "\nsensitivity ≥ 6 mm / false positives per scan, by minimum lung border (rows) and minimum through-plane ratio (columns)\n"
-    );
-    header("lung border");
-    for step in 0..6 {
-        let min_lung_border_fraction = f64::from(step) / 10.0;
-        let cells = ratios.map(|min_through_plane_ratio| {
-            cell(ComponentOptions {
-                min_lung_border_fraction,
-                min_through_plane_ratio,
-                ..ComponentOptions::default()
+    grid(
+        "sensitivity ≥ 6 mm / false positives per scan, by minimum lung border (rows) and minimum through-plane ratio (columns)",
+        "lung border",
+        (0..6)
+            .map(|step| {
+                let min_lung_border_fraction = f64::from(step) / 10.0;
+                let rules = ComponentOptions {
+                    min_lung_border_fraction,
+                    ..ComponentOptions::default()
+                };
+                (format!("{min_lung_border_fraction:.1}"), rules)
             })
-        });
-        println!("| {min_lung_border_fraction:.1} | {} |", cells.join(" | "));
-    }
+            .collect(),
+    );
     // A 6 mm sphere is 113 mm³: the smallest nodule the detection target counts.
-    println!(
-        "\nthe same by minimum component volume in mm³ (rows) and minimum through-plane ratio (columns), lung border rule off\n"
-    );
-    header("volume");
-    for min_volume_mm3 in [0.0, 10.0, 30.0, 50.0, 65.0, 80.0, 100.0] {
-        let cells = ratios.map(|min_through_plane_ratio| {
-            cell(ComponentOptions {
-                min_volume_mm3,
-                min_through_plane_ratio,
-                ..ComponentOptions::default()
+    grid(
+        "the same by minimum component volume in mm³ (rows) and minimum through-plane ratio (columns), lung border rule off",
+        "volume",
+        [0.0, 10.0, 30.0, 50.0, 65.0, 80.0, 100.0]
+            .map(|min_volume_mm3| {
+                let rules = ComponentOptions {
+                    min_volume_mm3,
+                    ..ComponentOptions::default()
+                };
+                (format!("{min_volume_mm3:.0}"), rules)
             })
-        });
-        println!("| {min_volume_mm3:.0} | {} |", cells.join(" | "));
-    }
+            .into(),
+    );
     Ok(())
 }
