@@ -1,7 +1,7 @@
 //! The trainer binary end to end, on a budget a test can afford: continuing the demo
 //! segmenter with a hard-example stage writes a package that loads, records where its
 //! weights came from, and carries the component rule it was given; a starting package of
-//! another architecture is refused.
+//! another architecture, and the segmenter's flags on the classifier, are refused.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -100,4 +100,20 @@ fn a_starting_package_of_another_architecture_is_refused() {
         !out.path().join("model.toml").exists(),
         "nothing is written for a refused start"
     );
+}
+
+#[test]
+fn segmenter_flags_are_refused_for_the_classifier() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = train(&[
+        "chest-xray-findings",
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+        "--hard-example-epochs",
+        "1",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("are for the segmenter"), "{stderr}");
+    assert!(!out.path().join("model.toml").exists());
 }

@@ -396,6 +396,16 @@ fn nodule_cells(nodule_box: Option<[f32; 4]>, rows: usize, columns: usize) -> Ve
 
 fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     check_args(args)?;
+    // Refused rather than ignored: a run that silently dropped them would not be the run asked for.
+    if args.init_weights.is_some()
+        || args.hard_example_epochs > 0
+        || args.min_component_volume.is_some()
+        || args.min_lung_border_fraction > 0.0
+    {
+        bail!(
+            "--init-weights, --hard-example-epochs, --min-component-volume and --min-lung-border-fraction are for the segmenter (ct-lung-nodule)"
+        );
+    }
     let studies = args.studies.unwrap_or(1600);
     let epochs = args.epochs.unwrap_or(6);
     let eval = args.eval_studies.unwrap_or(400);
