@@ -153,6 +153,14 @@ impl FsBlobStore {
         Ok(key)
     }
 
+    /// The directory holding the blob `key`: the one whose fsync makes its placement durable.
+    fn directory_of(&self, key: &str) -> io::Result<PathBuf> {
+        self.path(key)?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| io::Error::other("blob path has no parent"))
+    }
+
     /// Runs `step` on the staged file and its SHA-256 in a blocking task.
     fn placing<'a>(
         &self,
@@ -213,22 +221,14 @@ impl BlobStore for FsBlobStore {
     ) -> BoxFuture<'a, io::Result<String>> {
         self.placing(staged, sha, |this, staged, sha| {
             let key = this.place_blocking(staged, sha)?;
-            let placed = this.path(&key)?;
-            let dir = placed
-                .parent()
-                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            sync_dir(dir)?;
+            sync_dir(&this.directory_of(&key)?)?;
             Ok(key)
         })
     }
 
     fn make_durable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
-            let dir = self
-                .path(key)?
-                .parent()
-                .ok_or_else(|| io::Error::other("blob path has no parent"))?
-                .to_path_buf();
+            let dir = self.directory_of(key)?;
             blocking(move || sync_dir(&dir)).await
         })
     }
