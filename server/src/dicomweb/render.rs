@@ -3,8 +3,9 @@
 //!
 //! Pixels are decoded with dicom-pixeldata: uncompressed, RLE, JPEG baseline and lossless
 //! (native), JPEG-LS (CharLS, built from source by charls-sys with cmake) and JPEG 2000
-//! (openjp2, pure Rust). JPEG Extended 12-bit (1.2.840.10008.1.2.4.51) cannot be decoded
-//! (jpeg-decoder has no 12-bit DCT) and gets 406 like any undecodable pixel data.
+//! (openjp2, pure Rust); JPEG Extended at 12 bits (1.2.840.10008.1.2.4.51), which
+//! jpeg-decoder lacks, by radserve's own decoder (`pipeline::jpeg_extended`). Pixel data
+//! that cannot be decoded gets 406.
 //! The Modality LUT (rescale) is applied, then the values are windowed (PS3.3 C.11.2.1.2)
 //! by, in order:
 //! `window=centre,width[,LINEAR|LINEAR_EXACT|SIGMOID]`, the instance's first
@@ -23,13 +24,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
-use dicom_pixeldata::PixelDecoder;
 use image::{DynamicImage, GrayImage, ImageFormat};
 
 use super::qido::parse_pairs;
 use super::wado::{load, locate};
 use super::{media, truncate};
 use crate::api::{ApiError, AppState};
+use crate::pipeline::decode::decode_frame;
 use crate::store::Scope;
 
 /// Largest side of a thumbnail (when no viewport is asked for).
@@ -232,7 +233,7 @@ pub fn render_frame(
     frame: u32,
     window: Option<Window>,
 ) -> Result<DynamicImage, ApiError> {
-    let decoded = obj.decode_pixel_data_frame(frame).map_err(|e| {
+    let decoded = decode_frame(obj, frame).map_err(|e| {
         ApiError::not_acceptable(format!("cannot decode this instance's pixel data: {e}"))
     })?;
     let (cols, rows) = (decoded.columns(), decoded.rows());

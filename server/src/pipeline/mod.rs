@@ -16,6 +16,7 @@
 
 pub mod analyse;
 pub mod decode;
+pub mod jpeg_extended;
 pub mod prepare;
 pub mod routing;
 pub mod stability;
