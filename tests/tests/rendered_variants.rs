@@ -4,7 +4,8 @@
 //! its own fresh server, and every instance is rendered as PNG. Each must come back 200,
 //! a decodable PNG of the instance's size; the lossless variants must render exactly as
 //! the explicit VR little endian original does (same window), the lossy ones closely.
-//! Thumbnails of every variant render too.
+//! Thumbnails of every variant render too, and every variant's first frame comes out
+//! uncompressed (WADO-RS `/frames`).
 //!
 //! One server per variant because the variants share SOP Instance UIDs.
 
@@ -13,7 +14,7 @@ use std::path::Path;
 
 use radserve_tests::{
     RadServe, dcmtk, dicom_files, generate_sample_variants, http_client, radserve_command,
-    run_to_exit,
+    run_to_exit, split_multipart,
 };
 
 const TOKEN: &str = "rendered-variants-token-3e81c0a4";
@@ -100,7 +101,7 @@ struct Instance {
     columns: u32,
 }
 
-/// A UID of `file`, read with dcmdump: the lossy encoders give the instance a new SOP
+/// A UID (or other short text value) of `file`, read with dcmdump: the lossy encoders give the instance a new SOP
 /// Instance UID, and the test's dicom-object cannot read every variant (deflate).
 fn uid(file: &Path, tag: &str) -> String {
     let output = dcmtk(
@@ -155,6 +156,40 @@ fn rendered(server: &RadServe, path: &str, query: &str) -> Result<image::GrayIma
     let image = image::load_from_memory_with_format(&body, image::ImageFormat::Png)
         .map_err(|e| format!("not a PNG: {e}"))?;
     Ok(image.to_luma8())
+}
+
+/// GETs frame 1 of an instance (`path` is its `/rendered` path) as uncompressed octets.
+fn first_frame(server: &RadServe, path: &str) -> Result<Vec<u8>, String> {
+    let url = server.url(&path.replace("/rendered", "/frames/1"));
+    let request = http_client()
+        .get(&url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/octet-stream\"",
+        );
+    let (status, content_type, body) = send(request.call(), &format!("GET {url}"));
+    if status != 200 {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        ));
+    }
+    let mut parts = split_multipart(&content_type, &body);
+    if parts.len() != 1 {
+        return Err(format!("{} parts", parts.len()));
+    }
+    Ok(parts.remove(0))
+}
+
+/// Largest absolute difference of two little-endian 16-bit sample buffers.
+fn max_abs_diff_16(a: &[u8], b: &[u8]) -> u16 {
+    let sample = |pair: &[u8]| u16::from_le_bytes([pair[0], pair[1]]);
+    a.chunks_exact(2)
+        .zip(b.chunks_exact(2))
+        .map(|(x, y)| sample(x).abs_diff(sample(y)))
+        .max()
+        .unwrap_or(0)
 }
 
 fn mean_abs_diff(a: &image::GrayImage, b: &image::GrayImage) -> f64 {
@@ -219,6 +254,8 @@ fn every_transfer_syntax_variant_renders_like_the_original() {
         .unwrap_or_else(|| panic!("no {REFERENCE} variant"));
     // (variant, relative file, query) → rendered image, for every variant.
     let mut images = std::collections::BTreeMap::new();
+    // (variant, relative file) → frame 1, uncompressed.
+    let mut frames = std::collections::BTreeMap::new();
     let mut failures = Vec::new();
     for (name, dir) in &variants {
         let files = dicom_files(dir);
@@ -244,6 +281,12 @@ fn every_transfer_syntax_variant_renders_like_the_original() {
                 )),
                 Err(e) => failures.push(format!("{name} {rel} thumbnail: {e}")),
             }
+            match first_frame(&server, &instance.path) {
+                Ok(frame) => {
+                    frames.insert((name.clone(), rel.clone()), (frame, file.clone()));
+                }
+                Err(e) => failures.push(format!("{name} {rel} frames/1: {e}")),
+            }
             for query in ["", &format!("?{FIXED_WINDOW}")] {
                 match rendered(&server, &instance.path, query) {
                     Ok(image) if image.dimensions() == (instance.columns, instance.rows) => {
@@ -266,6 +309,51 @@ fn every_transfer_syntax_variant_renders_like_the_original() {
         "rendering failed:\n{}",
         failures.join("\n")
     );
+
+    // Frames come out uncompressed whatever the stored encoding: the lossless variants byte
+    // for byte as the original's, 12-bit JPEG Extended as dcmtk decompresses it (within the
+    // inverse DCTs' rounding), the others (8-bit baked window, JPEG 2000 at -q 30) of the
+    // right size.
+    for ((name, rel), (frame, file)) in &frames {
+        let (reference, _) = frames
+            .get(&(REFERENCE.to_owned(), rel.clone()))
+            .unwrap_or_else(|| panic!("no {REFERENCE} frame of {rel}"));
+        let expected_len = if name == "jpeg-baseline" {
+            reference.len() / 2
+        } else {
+            reference.len()
+        };
+        if frame.len() != expected_len {
+            failures.push(format!(
+                "{name} {rel} frames/1: {} bytes, not {expected_len}",
+                frame.len()
+            ));
+        } else if LOSSLESS.contains(&name.as_str()) && frame != reference {
+            failures.push(format!("{name} {rel} frames/1: differs from {REFERENCE}"));
+        } else if name == "jpeg-extended" {
+            // dcmcjpeg shifts a lossy image's values (and its window with them), so the
+            // reference is dcmtk's own decompression of the same file, not the original.
+            let decompressed = work.path().join("dcmdjpeg.dcm");
+            let output = dcmtk("dcmdjpeg", [file.as_os_str(), decompressed.as_os_str()]);
+            assert!(output.status.success(), "dcmdjpeg {}", file.display());
+            let dcmtk_pixels = dicom_object::open_file(&decompressed)
+                .unwrap()
+                .element_by_name("PixelData")
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .into_owned();
+            let worst = max_abs_diff_16(frame, &dcmtk_pixels);
+            if worst > 1 || dcmtk_pixels.len() != frame.len() {
+                failures.push(format!(
+                    "{name} {rel} frames/1: {worst} from dcmdjpeg's decompression ({} vs {} bytes)",
+                    frame.len(),
+                    dcmtk_pixels.len()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     let mut compared = 0;
     for ((name, rel, query), image) in &images {

@@ -7,8 +7,9 @@
 //! - Metadata is a DICOM JSON array, binary values as `BulkDataURI`s that point at
 //!   `.../bulkdata/{tag}` (see [`super::json`]).
 //! - Bulk data and frames go out as `multipart/related; type="application/octet-stream"`.
-//!   Frames are served for native (uncompressed, little endian) pixel data only; other
-//!   transfer syntaxes answer 406.
+//!   Frames are always uncompressed, Explicit VR Little Endian layout (the default
+//!   PS3.18 gives for octet-stream frames): native pixel data is sliced, greyscale pixel
+//!   data in any other transfer syntax decoded; colour compressed frames answer 406.
 //!
 //! Nothing stored under the path: 404 with `{"error": ...}`.
 
@@ -27,6 +28,7 @@ use super::json::{dataset_to_json, parse_tag_key, redecode_part10_text, tag_key}
 use super::multipart::MultipartWriter;
 use super::{base_url, check_uid, media, truncate};
 use crate::api::{ApiError, AppState};
+use crate::pipeline::decode::decode_frame;
 use crate::store::{Scope, StoredInstance};
 
 /// Most frame numbers in one `/frames/{list}` request.
@@ -269,20 +271,21 @@ pub fn parse_frame_list(list: &str) -> Result<Vec<u32>, ApiError> {
     Ok(frames)
 }
 
-/// The bytes of each requested frame of native pixel data.
+fn int_attribute(obj: &DefaultDicomObject, tag: Tag) -> Option<u64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u64>().ok())
+}
+
+/// The bytes of each requested frame in the Explicit VR Little Endian layout: sliced from
+/// native pixel data, or decoded from any other encoding ([`decoded_frames`]).
 pub fn native_frames(obj: &DefaultDicomObject, frames: &[u32]) -> Result<Vec<Vec<u8>>, ApiError> {
     let ts = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
     if !NATIVE_LE.contains(&ts) {
-        return Err(ApiError::not_acceptable(format!(
-            "frames of pixel data stored as {ts} can only be had as that encoding, which is not served yet"
-        )));
+        return decoded_frames(obj, frames);
     }
-    let int = |tag: Tag| -> Option<u64> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_int::<u64>().ok())
-    };
+    let int = |tag: Tag| int_attribute(obj, tag);
     let (Some(rows), Some(cols), Some(bits)) = (
         int(tags::ROWS),
         int(tags::COLUMNS),
@@ -324,6 +327,49 @@ pub fn native_frames(obj: &DefaultDicomObject, frames: &[u32]) -> Result<Vec<Vec
             ));
         };
         out.push(bytes.to_vec());
+    }
+    Ok(out)
+}
+
+/// Frames of compressed (or big endian) pixel data, decoded. Greyscale only: a colour JPEG
+/// decodes to RGB, which its metadata (YBR_FULL_422, say) would not describe.
+fn decoded_frames(obj: &DefaultDicomObject, frames: &[u32]) -> Result<Vec<Vec<u8>>, ApiError> {
+    let int = |tag: Tag| int_attribute(obj, tag);
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(ApiError::not_found("this instance has no pixel data"));
+    }
+    if int(tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 {
+        return Err(ApiError::not_acceptable(
+            "frames of compressed colour pixel data are served only as the whole instance (application/dicom)",
+        ));
+    }
+    let bits = int(tags::BITS_ALLOCATED);
+    if bits != Some(8) && bits != Some(16) {
+        return Err(ApiError::not_acceptable(format!(
+            "frames of compressed {}-bit pixel data are not served",
+            bits.unwrap_or(0)
+        )));
+    }
+    let count = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let mut out = Vec::with_capacity(frames.len());
+    for &n in frames {
+        if u64::from(n) > count {
+            return Err(ApiError::not_found(format!(
+                "frame {n} does not exist: the instance has {count}"
+            )));
+        }
+        let decoded = decode_frame(obj, n - 1).map_err(|e| {
+            ApiError::not_acceptable(format!("cannot decode frame {n} of this instance: {e}"))
+        })?;
+        let bytes = if bits == Some(16) {
+            decoded
+                .frame_data_ow(0)
+                .map(|words| words.iter().flat_map(|w| w.to_le_bytes()).collect())
+        } else {
+            decoded.frame_data(0).map(<[u8]>::to_vec)
+        }
+        .map_err(|e| ApiError::internal("decoded frame has the wrong size", e))?;
+        out.push(bytes);
     }
     Ok(out)
 }
@@ -484,7 +530,7 @@ pub async fn bulkdata(
     Ok(multipart_response(&writer, vec![bytes.into_owned()]))
 }
 
-/// Frames of native pixel data.
+/// Frames of pixel data, uncompressed (compressed greyscale pixel data is decoded).
 #[utoipa::path(get, path = "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", tag = "dicomweb",
     params(("study" = String, Path, description = "Study Instance UID"),
            ("series" = String, Path, description = "Series Instance UID"),
@@ -493,7 +539,7 @@ pub async fn bulkdata(
     responses(
         (status = 200, description = "One part per frame", content_type = "multipart/related; type=\"application/octet-stream\""),
         (status = 404, description = "No such instance or frame"),
-        (status = 406, description = "Compressed pixel data, or another media type asked for")))]
+        (status = 406, description = "Compressed colour or undecodable pixel data, or another media type asked for")))]
 pub async fn frames(
     State(state): State<AppState>,
     Path((study, series, instance, frames)): Path<(String, String, String, String)>,
