@@ -7,7 +7,8 @@
 //! ```
 //!
 //! This machine's disk and CPU drift within minutes, so each C-STORE case runs `--rounds`
-//! times, storescp and radserve alternating, each on a fresh output directory; the ratio of
+//! times, storescp and radserve alternating, each on a new output directory (kept until the
+//! run ends, so that no case follows a mass deletion); the ratio of
 //! each round is its two neighbouring measurements', and the summary gives the median.
 //!
 //! The client is dcmtk's `storescu` in every C-STORE case (with `TCP_NODELAY=1`, as is the
@@ -87,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
+    check_free_space(work.path(), bytes * (4 * args.rounds as u64 + 4))?;
     // The same files split into `parallel` directories, one storescu per directory.
     let shards = shard(&files, args.parallel, &work.path().join("shards"))?;
 
@@ -102,10 +104,13 @@ fn main() -> anyhow::Result<()> {
         bytes,
         || durable_copies(&files, &floor_dir),
     )?];
-    for (label, dirs) in [
+    for (case, (label, dirs)) in [
         ("1 association", vec![set_dir.clone()]),
         ("parallel", shards.clone()),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let label = if label == "parallel" {
             format!("{} associations", args.parallel)
         } else {
@@ -117,15 +122,13 @@ fn main() -> anyhow::Result<()> {
             } else {
                 String::new()
             };
-            // Each measurement gets an empty directory, and the previous one's 500 MB are
-            // removed before it starts (not left to fill the disk over many rounds).
-            let out = work.path().join("storescp-out");
-            let data = work.path().join("radserve-data");
-            for dir in [&out, &data] {
-                if dir.exists() {
-                    std::fs::remove_dir_all(dir)?;
-                }
-            }
+            // Each measurement writes into a new directory, and nothing is deleted before the
+            // run ends (see `check_free_space`): ext4 without a journal (as here) skips inodes
+            // freed in the last minute when it allocates one, looking each up in the buffer
+            // cache, so a case measured right after 1,000 deletions pays for them on every
+            // file it creates — a cost an archive, which rarely deletes, does not have.
+            let out = work.path().join(format!("storescp-out-{case}-{round}"));
+            let data = work.path().join(format!("radserve-data-{case}-{round}"));
             std::fs::create_dir_all(&out)?;
             let port = free_port()?;
             let storescp = StoreScp::start(port, &out)?;
@@ -136,7 +139,6 @@ fn main() -> anyhow::Result<()> {
                 || storescu_all(&dirs, port, "STORESCP"),
             )?);
             drop(storescp);
-            std::fs::remove_dir_all(&out)?;
 
             let server = RadServe::serve([OsString::from("--data"), data.into_os_string()]);
             // The demo models load and warm up on both cores for a second or two after the
@@ -167,6 +169,30 @@ fn main() -> anyhow::Result<()> {
     )?);
 
     print_table(&results, args.parallel);
+    Ok(())
+}
+
+/// Every case's output stays until the run ends: the set, its shards, the disk floor, two
+/// servers × two cases × rounds, and STOW-RS. Refuse to start when the disk cannot hold it.
+fn check_free_space(dir: &Path, needed: u64) -> anyhow::Result<()> {
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .context("cannot run df")?;
+    let available: u64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .context("cannot read df's output")?;
+    if available < needed {
+        bail!(
+            "this run keeps {} GB of output until it ends and {} has {} GB free: use fewer --rounds or --instances",
+            needed / 1_000_000_000 + 1,
+            dir.display(),
+            available / 1_000_000_000
+        );
+    }
     Ok(())
 }
 
