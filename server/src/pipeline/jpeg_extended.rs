@@ -49,11 +49,20 @@ const ZIGZAG: [usize; 64] = [
 /// block the data really holds.
 const MAX_INVENTED_BYTES: usize = 8;
 
+/// Largest image decoded (pixels): well above a large DX detector (4,300²) or a mammogram,
+/// and a bound on the memory a corrupt or hostile header can ask for.
+pub const MAX_PIXELS: usize = 8192 * 8192;
+
 /// Decodes `data`, a complete JPEG stream that must be `rows` × `columns` (the DICOM
-/// header's size, which also bounds the memory taken).
+/// header's size).
 pub fn decode(data: &[u8], rows: usize, columns: usize) -> Result<GreyImage, JpegError> {
     if data.len() < 2 || data[0] != 0xFF || data[1] != 0xD8 {
         return Err(JpegError::NotJpeg);
+    }
+    if rows.saturating_mul(columns) > MAX_PIXELS {
+        return Err(JpegError::Unsupported(format!(
+            "a {rows}×{columns} image: at most {MAX_PIXELS} pixels are decoded"
+        )));
     }
     let mut stream = Stream {
         data,
@@ -643,7 +652,10 @@ fn inverse_dct(coefficients: &[i32; 64], level_shift: i32, max_sample: i32, out:
     for y in 0..8 {
         for x in 0..8 {
             let value: f32 = (0..8).map(|v| cos[y][v] * rows[v * 8 + x]).sum();
-            let sample = (value.round() as i32 + level_shift).clamp(0, max_sample);
+            // Saturating: a corrupt stream's coefficients can be anything.
+            let sample = (value.round() as i32)
+                .saturating_add(level_shift)
+                .clamp(0, max_sample);
             out[y * 8 + x] = sample as u16;
         }
     }
@@ -806,5 +818,50 @@ mod tests {
                 decode(cut, rows, columns).err()
             );
         }
+    }
+
+    #[test]
+    fn corrupt_streams_give_errors_or_images_never_a_panic() {
+        let (rows, columns) = (24, 40);
+        let mut stream = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut stream, 75);
+        encoder.set_restart_interval(2);
+        encoder
+            .encode(
+                &test_card(rows, columns),
+                columns as u16,
+                rows as u16,
+                jpeg_encoder::ColorType::Luma,
+            )
+            .expect("jpeg-encoder encodes");
+        // The same stream claimed as 12-bit extended: the 12-bit path on the same data.
+        let sof = stream
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("a baseline frame header");
+        let mut extended = stream.clone();
+        extended[sof + 1] = 0xC1;
+        extended[sof + 4] = 12;
+        assert!(decode(&extended, rows, columns).is_ok());
+        // Every byte replaced by a few values, and every truncation: Ok or Err, nothing else
+        // (a panic fails the test).
+        let mut outcomes = [0usize; 2];
+        for original in [&stream, &extended] {
+            for position in 0..original.len() {
+                for value in [0x00, 0xFF, original[position] ^ 0x10, 0xD9] {
+                    let mut corrupt = original.clone();
+                    corrupt[position] = value;
+                    outcomes[usize::from(decode(&corrupt, rows, columns).is_ok())] += 1;
+                }
+                let _ = decode(&original[..position], rows, columns);
+            }
+        }
+        // Entropy-coded bytes changed mostly still decode; header bytes mostly do not.
+        assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+        // A header asking for more than MAX_PIXELS is refused before any allocation.
+        assert!(matches!(
+            decode(&stream, 65_535, 65_535),
+            Err(JpegError::Unsupported(_))
+        ));
     }
 }
