@@ -4,8 +4,9 @@
 //! its own fresh server, and every instance is rendered as PNG. Each must come back 200,
 //! a decodable PNG of the instance's size; the lossless variants must render exactly as
 //! the explicit VR little endian original does (same window), the lossy ones closely.
-//! Thumbnails of every variant render too, and every variant's first frame comes out
-//! uncompressed (WADO-RS `/frames`).
+//! Thumbnails of every variant render too, every variant's first frame comes out
+//! uncompressed (WADO-RS `/frames`), and every instance can be retrieved in Explicit VR
+//! Little Endian (decoded, and valid for dciodvfy).
 //!
 //! One server per variant because the variants share SOP Instance UIDs.
 
@@ -19,6 +20,7 @@ use radserve_tests::{
 
 const TOKEN: &str = "rendered-variants-token-3e81c0a4";
 const BOUNDARY: &str = "rendered-variants-boundary-51ac";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 /// The variant every other one is compared with.
 const REFERENCE: &str = "explicit-le";
 /// Variants that must render bit-identically to the reference.
@@ -182,6 +184,62 @@ fn first_frame(server: &RadServe, path: &str) -> Result<Vec<u8>, String> {
     Ok(parts.remove(0))
 }
 
+/// GETs an instance (`path` is its `/rendered` path) in Explicit VR Little Endian, and
+/// returns the Part 10 bytes, which must say so.
+fn explicit_little_endian(server: &RadServe, path: &str) -> Result<Vec<u8>, String> {
+    let url = server.url(path.trim_end_matches("/rendered"));
+    let request = http_client()
+        .get(&url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header(
+            "Accept",
+            format!("multipart/related; type=\"application/dicom\"; transfer-syntax={EXPLICIT_LE}"),
+        );
+    let (status, content_type, body) = send(request.call(), &format!("GET {url}"));
+    if status != 200 {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        ));
+    }
+    let mut parts = split_multipart(&content_type, &body);
+    if parts.len() != 1 {
+        return Err(format!("{} parts", parts.len()));
+    }
+    Ok(parts.remove(0))
+}
+
+/// Transfer syntax and pixel data of a Part 10 file.
+fn transfer_syntax_and_pixels(part10: &[u8]) -> (String, Vec<u8>) {
+    let object = dicom_object::OpenFileOptions::new()
+        .from_reader(&part10[128..])
+        .expect("a Part 10 file");
+    let ts = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_owned();
+    let pixels = object
+        .element_by_name("PixelData")
+        .expect("pixel data")
+        .to_bytes()
+        .expect("native pixel data")
+        .into_owned();
+    (ts, pixels)
+}
+
+/// dciodvfy's error lines for a file.
+fn dciodvfy_errors(file: &Path) -> Vec<String> {
+    let output = run_to_exit(std::process::Command::new("dciodvfy").arg(file));
+    let report = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    report
+        .lines()
+        .filter(|l| l.starts_with("Error"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Largest absolute difference of two little-endian 16-bit sample buffers.
 fn max_abs_diff_16(a: &[u8], b: &[u8]) -> u16 {
     let sample = |pair: &[u8]| u16::from_le_bytes([pair[0], pair[1]]);
@@ -254,8 +312,10 @@ fn every_transfer_syntax_variant_renders_like_the_original() {
         .unwrap_or_else(|| panic!("no {REFERENCE} variant"));
     // (variant, relative file, query) → rendered image, for every variant.
     let mut images = std::collections::BTreeMap::new();
-    // (variant, relative file) → frame 1, uncompressed.
+    // (variant, relative file) → frame 1, uncompressed, and the stored file it came from.
     let mut frames = std::collections::BTreeMap::new();
+    // (variant, relative file) → the instance retrieved in Explicit VR Little Endian.
+    let mut transcoded = std::collections::BTreeMap::new();
     let mut failures = Vec::new();
     for (name, dir) in &variants {
         let files = dicom_files(dir);
@@ -287,6 +347,27 @@ fn every_transfer_syntax_variant_renders_like_the_original() {
                 }
                 Err(e) => failures.push(format!("{name} {rel} frames/1: {e}")),
             }
+            if name == "jpeg-lossless" {
+                // Any other transfer syntax than the stored one or Explicit VR LE: 406.
+                let url = server.url(instance.path.trim_end_matches("/rendered"));
+                let request = http_client()
+                    .get(&url)
+                    .header("Authorization", format!("Bearer {TOKEN}"))
+                    .header(
+                        "Accept",
+                        "multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.50",
+                    );
+                let (status, _, body) = send(request.call(), &format!("GET {url}"));
+                if status != 406 || !body.starts_with(b"{\"error\":") {
+                    failures.push(format!("{name} {rel} as JPEG baseline: status {status}"));
+                }
+            }
+            match explicit_little_endian(&server, &instance.path) {
+                Ok(part10) => {
+                    transcoded.insert((name.clone(), rel.clone()), part10);
+                }
+                Err(e) => failures.push(format!("{name} {rel} as {EXPLICIT_LE}: {e}")),
+            }
             for query in ["", &format!("?{FIXED_WINDOW}")] {
                 match rendered(&server, &instance.path, query) {
                     Ok(image) if image.dimensions() == (instance.columns, instance.rows) => {
@@ -314,10 +395,38 @@ fn every_transfer_syntax_variant_renders_like_the_original() {
     // for byte as the original's, 12-bit JPEG Extended as dcmtk decompresses it (within the
     // inverse DCTs' rounding), the others (8-bit baked window, JPEG 2000 at -q 30) of the
     // right size.
+    // The same holds for the whole instance asked for in Explicit VR Little Endian (the
+    // frames are single), which must also say so and pass dciodvfy.
     for ((name, rel), (frame, file)) in &frames {
         let (reference, _) = frames
             .get(&(REFERENCE.to_owned(), rel.clone()))
             .unwrap_or_else(|| panic!("no {REFERENCE} frame of {rel}"));
+        let part10 = &transcoded[&(name.clone(), rel.clone())];
+        let (ts, pixels) = transfer_syntax_and_pixels(part10);
+        if ts != EXPLICIT_LE || &pixels != frame {
+            failures.push(format!(
+                "{name} {rel}: retrieved as {ts}, its pixel data {} the first frame's",
+                if &pixels == frame {
+                    "equal to"
+                } else {
+                    "unlike"
+                }
+            ));
+        }
+        // dciodvfy: no error the stored file does not have already (dcmcjpeg's 8-bit DISP
+        // variant has some of its own).
+        let written = work.path().join("transcoded.dcm");
+        std::fs::write(&written, part10).unwrap();
+        let stored_errors = dciodvfy_errors(file);
+        let new_errors: Vec<String> = dciodvfy_errors(&written)
+            .into_iter()
+            .filter(|e| !stored_errors.contains(e))
+            .collect();
+        if !new_errors.is_empty() {
+            failures.push(format!(
+                "{name} {rel} as {EXPLICIT_LE}: dciodvfy: {new_errors:?}"
+            ));
+        }
         let expected_len = if name == "jpeg-baseline" {
             reference.len() / 2
         } else {

@@ -2,8 +2,10 @@
 //! bulk data and frames.
 //!
 //! - Instances go out as `multipart/related; type="application/dicom"`, streamed one
-//!   stored Part 10 file at a time, in the transfer syntax they were stored in (no
-//!   transcoding: a `transfer-syntax` parameter naming another one answers 406).
+//!   stored Part 10 file at a time, in the transfer syntax they were stored in; with
+//!   `transfer-syntax=1.2.840.10008.1.2.1` (Explicit VR Little Endian, which PS3.18 requires
+//!   an origin server to offer) in that one, pixel data decoded. Another `transfer-syntax`
+//!   that an instance is not stored in answers 406.
 //! - Metadata is a DICOM JSON array, binary values as `BulkDataURI`s that point at
 //!   `.../bulkdata/{tag}` (see [`super::json`]).
 //! - Bulk data and frames go out as `multipart/related; type="application/octet-stream"`.
@@ -28,8 +30,9 @@ use super::json::{dataset_to_json, parse_tag_key, redecode_part10_text, tag_key}
 use super::multipart::MultipartWriter;
 use super::{base_url, check_uid, media, truncate};
 use crate::api::{ApiError, AppState};
-use crate::pipeline::decode::decode_frame;
+use crate::pipeline::decode::{decode_frame, to_explicit_little_endian};
 use crate::store::{Scope, StoredInstance};
+use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 /// Most frame numbers in one `/frames/{list}` request.
 pub const MAX_FRAMES_PER_REQUEST: usize = 1000;
@@ -107,6 +110,14 @@ pub fn parse_part10(bytes: &[u8], until_pixel_data: bool) -> Result<DefaultDicom
     options.from_reader(bytes).map_err(|e| e.to_string())
 }
 
+/// A stored Part 10 file re-encoded in Explicit VR Little Endian, pixel data decoded.
+fn transcoded(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let object = to_explicit_little_endian(parse_part10(bytes, false)?)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    object.write_all(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// Reads and parses one stored instance off the async threads.
 pub async fn load(
     state: &AppState,
@@ -131,11 +142,15 @@ async fn retrieve(state: AppState, headers: HeaderMap, scope: Scope) -> Result<R
             )
         })?;
     let instances = locate(&state, scope).await?;
+    // Explicit VR Little Endian is always available (decoded when stored otherwise); any
+    // other transfer syntax only as stored.
+    let transcode = wanted_ts.as_deref() == Some(EXPLICIT_VR_LITTLE_ENDIAN.uid());
     if let Some(ts) = &wanted_ts
+        && !transcode
         && let Some(other) = instances.iter().find(|i| i.transfer_syntax_uid != *ts)
     {
         return Err(ApiError::not_acceptable(format!(
-            "instance {} is stored as {}; transcoding to {} is not supported (ask for transfer-syntax=*)",
+            "instance {} is stored as {}; it is served only as stored (transfer-syntax=*) or decoded as Explicit VR Little Endian (transfer-syntax=1.2.840.10008.1.2.1), not as {}",
             other.sop_instance_uid,
             other.transfer_syntax_uid,
             truncate(ts, 64)
@@ -153,12 +168,32 @@ async fn retrieve(state: AppState, headers: HeaderMap, scope: Scope) -> Result<R
                 let writer = writer?;
                 match rest.next() {
                     Some(instance) => {
-                        let part = match archive.read_blob(&instance).await {
+                        let stored = archive
+                            .read_blob(&instance)
+                            .await
+                            .map_err(|e| e.to_string());
+                        let as_asked = match stored {
+                            Ok(bytes)
+                                if transcode
+                                    && instance.transfer_syntax_uid
+                                        != EXPLICIT_VR_LITTLE_ENDIAN.uid() =>
+                            {
+                                tokio::task::spawn_blocking(move || transcoded(&bytes))
+                                    .await
+                                    .unwrap_or_else(|e| Err(format!("transcoding task: {e}")))
+                            }
+                            other => other,
+                        };
+                        let transfer_syntax = if transcode {
+                            EXPLICIT_VR_LITTLE_ENDIAN.uid()
+                        } else {
+                            instance.transfer_syntax_uid.as_str()
+                        };
+                        let part = match as_asked {
                             Ok(bytes) => {
                                 let head = writer.part_head(
                                     &format!(
-                                        "application/dicom; transfer-syntax={}",
-                                        instance.transfer_syntax_uid
+                                        "application/dicom; transfer-syntax={transfer_syntax}"
                                     ),
                                     None,
                                 );
@@ -171,8 +206,10 @@ async fn retrieve(state: AppState, headers: HeaderMap, scope: Scope) -> Result<R
                             Err(e) => {
                                 // The status is already sent: abort the body so the
                                 // client sees a truncated response, not a short one.
-                                tracing::error!(error = %e, "cannot read a stored instance while streaming");
-                                Err(std::io::Error::other("cannot read a stored instance"))
+                                tracing::error!(error = %e, "cannot read or transcode a stored instance while streaming");
+                                Err(std::io::Error::other(
+                                    "cannot read or transcode a stored instance",
+                                ))
                             }
                         };
                         let next = if part.is_ok() { Some(writer) } else { None };

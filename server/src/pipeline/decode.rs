@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
-use dicom_pixeldata::{DecodedPixelData, PixelDecoder};
+use dicom_pixeldata::{DecodedPixelData, PixelDecoder, Transcode};
 use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, JPEG_EXTENDED};
 use radserve_models::postprocess::SliceGeometry;
 
@@ -73,6 +73,48 @@ pub fn decode_frame(
     decode_extended_frame(object, frame)
         .map(|decoded| decoded.to_owned())
         .map_err(|e| format!("{e} (the JPEG Extended decoder said: {error})"))
+}
+
+/// The instance in Explicit VR Little Endian with its pixel data decoded (what PS3.18 asks
+/// a WADO-RS origin server to offer whatever the stored transfer syntax): dicom-pixeldata's
+/// transcoder, or, for 12-bit JPEG Extended, every frame through [`decode_frame`].
+pub fn to_explicit_little_endian(
+    mut object: DefaultDicomObject,
+) -> Result<DefaultDicomObject, String> {
+    let extended = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        == JPEG_EXTENDED.uid();
+    if !extended {
+        object
+            .transcode(&EXPLICIT_VR_LITTLE_ENDIAN.erased())
+            .map_err(|e| format!("cannot decode the pixel data: {e}"))?;
+        return Ok(object);
+    }
+    let frames = object
+        .element(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut samples = Vec::new();
+    for frame in 0..frames {
+        let decoded = decode_frame(&object, frame)?;
+        samples.extend(
+            decoded
+                .frame_data_ow(0)
+                .map_err(|e| format!("frame {frame}: {e}"))?,
+        );
+    }
+    object.remove_element(tags::ENCAPSULATED_PIXEL_DATA_VALUE_TOTAL_LENGTH);
+    object.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(samples.into()),
+    ));
+    object.update_meta(|meta| meta.set_transfer_syntax(&EXPLICIT_VR_LITTLE_ENDIAN));
+    Ok(object)
 }
 
 /// [`decode_frame`]'s JPEG Extended path.
