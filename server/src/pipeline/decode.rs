@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use dicom_core::header::Header;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
@@ -71,7 +72,6 @@ pub fn decode_frame(
         return Err(error);
     }
     decode_extended_frame(object, frame)
-        .map(|decoded| decoded.to_owned())
         .map_err(|e| format!("{e} (the JPEG Extended decoder said: {error})"))
 }
 
@@ -136,7 +136,14 @@ fn decode_extended_frame(
     let frames = number(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     let stream = frame_stream(object, frame, frames)?;
     let image = jpeg_extended::decode(&stream, rows, columns).map_err(|e| e.to_string())?;
-    let mut native = object.clone();
+    // A copy of everything but the (compressed) pixel data, which the decoded frame replaces.
+    let mut native = InMemDicomObject::from_element_iter(
+        object
+            .iter()
+            .filter(|element| element.tag() != tags::PIXEL_DATA)
+            .cloned(),
+    )
+    .with_exact_meta(object.meta().clone());
     native.update_meta(|meta| meta.set_transfer_syntax(&EXPLICIT_VR_LITTLE_ENDIAN));
     native.put(DataElement::new(
         tags::NUMBER_OF_FRAMES,
