@@ -75,7 +75,12 @@ pub fn decode(data: &[u8], rows: usize, columns: usize) -> Result<GreyImage, Jpe
         image: None,
     };
     loop {
-        let marker = stream.next_marker()?;
+        let marker = match stream.next_marker() {
+            Ok(marker) => marker,
+            // Some encoders leave out the EOI after a complete scan; what was decoded stands.
+            Err(JpegError::Truncated(_)) if stream.image.is_some() => break,
+            Err(e) => return Err(e),
+        };
         match marker {
             0xD9 => break,
             0xC0 | 0xC1 => stream.read_frame(marker, rows, columns)?,
@@ -810,6 +815,9 @@ mod tests {
                 worst <= Some(1),
                 "restart {restart_interval}: off by {worst:?}"
             );
+            // Without its EOI marker the stream still decodes, to the same image.
+            let without_eoi = &stream[..stream.len() - 2];
+            assert_eq!(decode(without_eoi, rows, columns).as_ref(), Ok(&ours));
             // A stream cut in its entropy-coded data is refused, not padded out.
             let cut = &stream[..stream.len() / 2];
             assert!(
