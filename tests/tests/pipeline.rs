@@ -169,7 +169,51 @@ fn stored_studies_become_findings_sr_and_seg() {
     );
     let config = write_config(dir.path(), "");
     let server = serve(&dir.path().join("data"), &config);
+    // One radiograph goes as 12-bit JPEG Extended (dcmtk's `dcmcjpeg +ee`), on its own
+    // association proposing that transfer syntax: it must become findings like the rest.
+    let (jpeg_study_dir, jpeg_truth) = studies(&generated)
+        .into_iter()
+        .find(|(_, truth)| truth["radiograph"].is_object())
+        .expect("a radiograph study");
+    let jpeg_study = jpeg_truth["study_instance_uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let radiograph = dicom_files(&jpeg_study_dir).remove(0);
+    let compressed = dir.path().join("jpeg-extended.dcm");
+    let output = dcmtk(
+        "dcmcjpeg",
+        [
+            "+ee".as_ref(),
+            radiograph.as_os_str(),
+            compressed.as_os_str(),
+        ],
+    );
+    assert!(output.status.success(), "dcmcjpeg +ee");
+    std::fs::remove_file(&radiograph).unwrap();
     storescu(&server, &generated.join("studies"));
+    let port = server.dicom_port.to_string();
+    let output = dcmtk(
+        "storescu",
+        [
+            "-xx".as_ref(),
+            "-aec".as_ref(),
+            "RADSERVE".as_ref(),
+            "127.0.0.1".as_ref(),
+            port.as_ref(),
+            compressed.as_os_str(),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "storescu -xx: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, metadata) = get(&server, &format!("/dicomweb/studies/{jpeg_study}/metadata"));
+    assert_eq!(
+        metadata[0]["00083002"]["Value"][0], "1.2.840.10008.1.2.4.51",
+        "stored as JPEG Extended: {metadata}"
+    );
 
     let mut matched_nodules = 0;
     let mut truth_nodules = 0;
