@@ -10,6 +10,7 @@
 #
 # Restrict a run with (defaults shown):
 #   ARCHS=resnet18,resnet34,densenet121,unet BATCHES=1,4,8,16 DEVICES=cpu,wgpu
+#   (densenet-demo and unet-demo, the demo packages' own architectures, are there to be asked for)
 #   SECONDS_PER_CASE=3    PyTorch: minimum measuring time per case (and >= 3 forwards)
 #   SAMPLES=10            criterion samples per case (one forward each for slow cases)
 #   THREADS=2             PyTorch intra-op threads; burn uses rayon's pool (RAYON_NUM_THREADS)

@@ -9,6 +9,10 @@
 //!
 //! - `resnet18`, `resnet34`, `densenet121`: 1 input channel, 4 outputs, input N×1×224×224.
 //! - `unet`: MONAI BasicUNet layout, 1 in, 1 out, features (32, 32, 64, 128, 256, 32), N×1×256×256.
+//! - `densenet-demo`, `unet-demo`: the demo packages' own architectures (`models/zoo/`), at
+//!   their input size 256×256: the DenseNet of `chest-xray-findings` (growth 12, blocks
+//!   3-6-12-8, 24 stem channels) and the U-Net of `ct-lung-nodule` (features 8, 8, 16, 32, 64,
+//!   8). What the server's batcher runs, so their batch scaling bounds what batching can gain.
 //!
 //! One criterion group per architecture, one case per device and batch size
 //! (`<arch>/<device>/<batch>`), `Throughput::Elements(batch)` so criterion prints images/s.
@@ -45,7 +49,14 @@ use radserve_models::architecture::{
 use radserve_models::device::{DeviceChoice, select_device};
 use radserve_models::weights;
 
-const ARCHS: [&str; 4] = ["resnet18", "resnet34", "densenet121", "unet"];
+const ARCHS: [&str; 6] = [
+    "resnet18",
+    "resnet34",
+    "densenet121",
+    "unet",
+    "densenet-demo",
+    "unet-demo",
+];
 const SEED: u64 = 0;
 
 /// The architecture and its input height × width, as the Python peer builds them.
@@ -69,6 +80,24 @@ fn architecture(arch: &str) -> (ArchitectureConfig, usize) {
                 in_channels: 1,
                 num_outputs: 1,
                 features: [32, 32, 64, 128, 256, 32],
+            }),
+            256,
+        ),
+        "densenet-demo" => (
+            ArchitectureConfig::Densenet(DenseNetConfig {
+                growth_rate: 12,
+                block_config: [3, 6, 12, 8],
+                num_init_features: 24,
+                bn_size: 4,
+                ..DenseNetConfig::densenet121(1, 4)
+            }),
+            256,
+        ),
+        "unet-demo" => (
+            ArchitectureConfig::Unet(UNetConfig {
+                in_channels: 1,
+                num_outputs: 1,
+                features: [8, 8, 16, 32, 64, 8],
             }),
             256,
         ),

@@ -6,7 +6,9 @@ Reads the PyTorch peer's JSON (`forward_throughput.py --json OUT`) and criterion
 CRITERION/<arch>/<device>/<batch>/new/{benchmark.json,estimates.json}, and prints one row per
 arch × batch × device: radserve images/s (from criterion's median time per forward), PyTorch
 CPU images/s (median, same batch), and the ratio radserve / PyTorch. The wgpu rows are compared
-with PyTorch on the CPU too (there is no PyTorch GPU peer here).
+with PyTorch on the CPU too (there is no PyTorch GPU peer here). "gain" is each side's images/s
+at that batch over its own images/s at batch 1 (same arch and device, when batch 1 was run): the
+most a dynamic batcher can add to a pipeline bound by that device.
 
     python3 benches/pytorch/compare.py --pytorch /tmp/pytorch_forward.json [--since EPOCH] [--markdown]
 
@@ -23,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-ARCHS = ("resnet18", "resnet34", "densenet121", "unet")
+ARCHS = ("resnet18", "resnet34", "densenet121", "unet", "densenet-demo", "unet-demo")
 DEVICES = ("cpu", "wgpu")
 
 
@@ -83,11 +85,16 @@ def main() -> int:
               file=sys.stderr)
         return 1
 
+    def batch_gain(images_per_s, batch_one):
+        return images_per_s / batch_one if batch_one else None
+
     rows = []
     order = {a: i for i, a in enumerate(ARCHS)}
     for (arch, device, batch) in sorted(rust, key=lambda k: (order[k[0]], k[2], DEVICES.index(k[1]))):
         r = rust[(arch, device, batch)]
         t = torch_rows.get((arch, batch))
+        r1 = rust.get((arch, device, 1))
+        t1 = torch_rows.get((arch, 1))
         rows.append({
             "arch": arch,
             "batch": batch,
@@ -98,27 +105,34 @@ def main() -> int:
             "pytorch_cpu_images_per_s": t["images_per_s"] if t else None,
             "pytorch_ms": t["median_ms"] if t else None,
             "ratio": r["images_per_s"] / t["images_per_s"] if t else None,
+            "radserve_batch_gain": batch_gain(r["images_per_s"], r1 and r1["images_per_s"]),
+            "pytorch_batch_gain": batch_gain(t["images_per_s"], t1 and t1["images_per_s"]) if t else None,
         })
 
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
 
     if args.markdown:
-        print("| arch | batch | radserve device | radserve images/s | ms/batch | PyTorch CPU images/s | ms/batch | ratio |")
-        print("|---|---:|---|---:|---:|---:|---:|---:|")
+        print("| arch | batch | radserve device | radserve images/s | ms/batch | gain | "
+              "PyTorch CPU images/s | ms/batch | gain | ratio |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for x in rows:
             print(f"| {x['arch']} | {x['batch']} | {x['device']} | {x['radserve_images_per_s']:.2f} "
-                  f"| {x['radserve_ms']:.0f} | {fmt(x['pytorch_cpu_images_per_s'], '.2f')} "
-                  f"| {fmt(x['pytorch_ms'], '.0f')} | {fmt(x['ratio'], '.2f')}× |")
+                  f"| {x['radserve_ms']:.0f} | {fmt(x['radserve_batch_gain'], '.2f')}× "
+                  f"| {fmt(x['pytorch_cpu_images_per_s'], '.2f')} "
+                  f"| {fmt(x['pytorch_ms'], '.0f')} | {fmt(x['pytorch_batch_gain'], '.2f')}× "
+                  f"| {fmt(x['ratio'], '.2f')}× |")
     else:
-        header = (f"{'arch':<12} {'batch':>5} {'device':<6} {'radserve img/s':>14} {'ms':>8} "
-                  f"{'PyTorch CPU img/s':>17} {'ms':>8} {'ratio':>7}")
+        header = (f"{'arch':<14} {'batch':>5} {'device':<6} {'radserve img/s':>14} {'ms':>8} {'gain':>6} "
+                  f"{'PyTorch CPU img/s':>17} {'ms':>8} {'gain':>6} {'ratio':>7}")
         print(header)
         print("-" * len(header))
         for x in rows:
-            print(f"{x['arch']:<12} {x['batch']:>5} {x['device']:<6} {x['radserve_images_per_s']:>14.2f} "
-                  f"{x['radserve_ms']:>8.0f} {fmt(x['pytorch_cpu_images_per_s'], '.2f'):>17} "
-                  f"{fmt(x['pytorch_ms'], '.0f'):>8} {fmt(x['ratio'], '.2f'):>6}×")
+            print(f"{x['arch']:<14} {x['batch']:>5} {x['device']:<6} {x['radserve_images_per_s']:>14.2f} "
+                  f"{x['radserve_ms']:>8.0f} {fmt(x['radserve_batch_gain'], '.2f'):>5}× "
+                  f"{fmt(x['pytorch_cpu_images_per_s'], '.2f'):>17} "
+                  f"{fmt(x['pytorch_ms'], '.0f'):>8} {fmt(x['pytorch_batch_gain'], '.2f'):>5}× "
+                  f"{fmt(x['ratio'], '.2f'):>6}×")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

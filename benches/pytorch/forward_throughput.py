@@ -9,6 +9,10 @@ model_forward`: the same architectures at full size, the same input sizes, eval 
   bias=False)) and num_classes=4; input N×1×224×224.
 - unet: MONAI BasicUNet(spatial_dims=2, in_channels=1, out_channels=1), default features
   (32, 32, 64, 128, 256, 32); input N×1×256×256.
+- densenet-demo, unet-demo: the demo packages' architectures (models/zoo/), input N×1×256×256:
+  torchvision's DenseNet(growth_rate=12, block_config=(3, 6, 12, 8), num_init_features=24,
+  bn_size=4, num_classes=4) with a 1-channel conv0 of 24 channels, and BasicUNet with features
+  (8, 8, 16, 32, 64, 8).
 
 Weights are seeded random (torch.manual_seed(0) before each model is built; nothing is
 downloaded). Every case runs eval() under torch.inference_mode(): two warm-up forwards, then
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-ARCHS = ("resnet18", "resnet34", "densenet121", "unet")
+ARCHS = ("resnet18", "resnet34", "densenet121", "unet", "densenet-demo", "unet-demo")
 SEED = 0
 
 
@@ -55,10 +59,21 @@ def build(arch: str) -> tuple[torch.nn.Module, tuple[int, int]]:
         else:
             model.conv1 = stem
         hw = (224, 224)
-    elif arch == "unet":
+    elif arch == "densenet-demo":
+        # the chest-xray-findings demo package's DenseNet (models/zoo/), torchvision's class
+        import torchvision
+
+        model = torchvision.models.DenseNet(
+            growth_rate=12, block_config=(3, 6, 12, 8), num_init_features=24, bn_size=4, num_classes=4
+        )
+        model.features.conv0 = nn.Conv2d(1, 24, kernel_size=7, stride=2, padding=3, bias=False)
+        hw = (256, 256)
+    elif arch in ("unet", "unet-demo"):
         from monai.networks.nets import BasicUNet
 
-        model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1)
+        # unet-demo: the ct-lung-nodule demo package's U-Net (models/zoo/)
+        features = (32, 32, 64, 128, 256, 32) if arch == "unet" else (8, 8, 16, 32, 64, 8)
+        model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=features)
         hw = (256, 256)
     else:
         raise ValueError(f"unknown arch {arch!r}")
