@@ -44,10 +44,13 @@ for round in $(seq 1 "$rounds"); do
         storescu -aet LOADGEN -aec RADSERVE +sd +r +sp '*.dcm' 127.0.0.1 "$port" "$WORK/set" \
             >/dev/null 2>&1 || { echo "storescu failed against $variant" >&2; kill "$pid"; exit 1; }
         end=$(date +%s.%N)
-        # storescp forks a child per association: its own CPU time is not the work's
-        cpu=$(awk '{printf "%.2f s user + %.2f s system", $14 / 100, $15 / 100}' "/proc/$pid/stat")
+        if [[ $variant == storescp ]]; then
+            cpu=""   # storescp forks a child per association: its own CPU time is not the work's
+        else
+            cpu=$(awk '{printf " (server CPU %.2f s user + %.2f s system)", $14 / 100, $15 / 100}' "/proc/$pid/stat")
+        fi
         kill "$pid"; wait "$pid" 2>/dev/null || true
-        python3 -c "import sys; print(f'round {sys.argv[1]} {sys.argv[2]}: {1000 / (float(sys.argv[4]) - float(sys.argv[3])):.0f} instances/s', '' if sys.argv[2] == 'storescp' else f'(server CPU {sys.argv[5]})')" \
-            "$round" "$(basename "$variant")" "$start" "$end" "$cpu"
+        awk -v r="$round" -v v="$(basename "$variant")" -v s="$start" -v e="$end" -v c="$cpu" \
+            'BEGIN { printf "round %s %s: %.0f instances/s%s\n", r, v, 1000 / (e - s), c }'
     done
 done

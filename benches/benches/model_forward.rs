@@ -9,10 +9,9 @@
 //!
 //! - `resnet18`, `resnet34`, `densenet121`: 1 input channel, 4 outputs, input N×1×224×224.
 //! - `unet`: MONAI BasicUNet layout, 1 in, 1 out, features (32, 32, 64, 128, 256, 32), N×1×256×256.
-//! - `densenet-demo`, `unet-demo`: the demo packages' own architectures (`models/zoo/`), at
-//!   their input size 256×256: the DenseNet of `chest-xray-findings` (growth 12, blocks
-//!   3-6-12-8, 24 stem channels) and the U-Net of `ct-lung-nodule` (features 8, 8, 16, 32, 64,
-//!   8). What the server's batcher runs, so their batch scaling bounds what batching can gain.
+//! - `densenet-demo`, `unet-demo`: the demo packages' own architectures and input sizes, read
+//!   from `models/zoo/{chest-xray-findings,ct-lung-nodule}/model.toml`. What the server's
+//!   batcher runs, so their batch scaling bounds what batching can gain.
 //!
 //! One criterion group per architecture, one case per device and batch size
 //! (`<arch>/<device>/<batch>`), `Throughput::Elements(batch)` so criterion prints images/s.
@@ -47,6 +46,7 @@ use radserve_models::architecture::{
     ArchitectureConfig, DenseNetConfig, Network, ResNetConfig, UNetConfig,
 };
 use radserve_models::device::{DeviceChoice, select_device};
+use radserve_models::package::ModelPackage;
 use radserve_models::weights;
 
 const ARCHS: [&str; 6] = [
@@ -83,29 +83,25 @@ fn architecture(arch: &str) -> (ArchitectureConfig, usize) {
             }),
             256,
         ),
-        "densenet-demo" => (
-            ArchitectureConfig::Densenet(DenseNetConfig {
-                growth_rate: 12,
-                block_config: [3, 6, 12, 8],
-                num_init_features: 24,
-                bn_size: 4,
-                ..DenseNetConfig::densenet121(1, 4)
-            }),
-            256,
-        ),
-        "unet-demo" => (
-            ArchitectureConfig::Unet(UNetConfig {
-                in_channels: 1,
-                num_outputs: 1,
-                features: [8, 8, 16, 32, 64, 8],
-            }),
-            256,
-        ),
+        "densenet-demo" => demo_architecture("chest-xray-findings"),
+        "unet-demo" => demo_architecture("ct-lung-nodule"),
         other => panic!(
             "unknown architecture {other:?}: choose from {}",
             ARCHS.join(",")
         ),
     }
+}
+
+/// A demo package's architecture and input edge, read from its `model.toml` in `models/zoo/`
+/// (the weights are not touched).
+fn demo_architecture(package: &str) -> (ArchitectureConfig, usize) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/zoo")
+        .join(package);
+    let manifest = ModelPackage::open(&dir)
+        .unwrap_or_else(|e| panic!("{package}: {e}"))
+        .manifest;
+    (manifest.architecture, manifest.input.target_size[0])
 }
 
 /// The devices asked for, by bench name; wgpu is left out, with a note, when absent.

@@ -9,10 +9,10 @@ model_forward`: the same architectures at full size, the same input sizes, eval 
   bias=False)) and num_classes=4; input N×1×224×224.
 - unet: MONAI BasicUNet(spatial_dims=2, in_channels=1, out_channels=1), default features
   (32, 32, 64, 128, 256, 32); input N×1×256×256.
-- densenet-demo, unet-demo: the demo packages' architectures (models/zoo/), input N×1×256×256:
-  torchvision's DenseNet(growth_rate=12, block_config=(3, 6, 12, 8), num_init_features=24,
-  bn_size=4, num_classes=4) with a 1-channel conv0 of 24 channels, and BasicUNet with features
-  (8, 8, 16, 32, 64, 8).
+- densenet-demo, unet-demo: the demo packages' architectures and input sizes, read from
+  models/zoo/{chest-xray-findings,ct-lung-nodule}/model.toml: torchvision's DenseNet class with
+  the package's growth rate, blocks, stem width and bottleneck size (conv0 replaced for its input
+  channels), and BasicUNet with the package's features.
 
 Weights are seeded random (torch.manual_seed(0) before each model is built; nothing is
 downloaded). Every case runs eval() under torch.inference_mode(): two warm-up forwards, then
@@ -44,6 +44,16 @@ ARCHS = ("resnet18", "resnet34", "densenet121", "unet", "densenet-demo", "unet-d
 SEED = 0
 
 
+def demo_package(name: str) -> tuple[dict, tuple[int, int]]:
+    """A demo package's [architecture] table and input size, from models/zoo/NAME/model.toml."""
+    import tomllib
+
+    path = Path(__file__).resolve().parents[2] / "models" / "zoo" / name / "model.toml"
+    manifest = tomllib.loads(path.read_text())
+    rows, columns = manifest["input"]["target_size"]
+    return manifest["architecture"], (rows, columns)
+
+
 def build(arch: str) -> tuple[torch.nn.Module, tuple[int, int]]:
     """The model (seeded random init, eval mode) and its input height × width."""
     import torch.nn as nn
@@ -60,21 +70,29 @@ def build(arch: str) -> tuple[torch.nn.Module, tuple[int, int]]:
             model.conv1 = stem
         hw = (224, 224)
     elif arch == "densenet-demo":
-        # the chest-xray-findings demo package's DenseNet (models/zoo/), torchvision's class
+        # the chest-xray-findings demo package's DenseNet, as its model.toml configures it
         import torchvision
 
+        config, hw = demo_package("chest-xray-findings")
         model = torchvision.models.DenseNet(
-            growth_rate=12, block_config=(3, 6, 12, 8), num_init_features=24, bn_size=4, num_classes=4
+            growth_rate=config["growth_rate"], block_config=tuple(config["block_config"]),
+            num_init_features=config["num_init_features"], bn_size=config["bn_size"],
+            num_classes=config["num_outputs"],
         )
-        model.features.conv0 = nn.Conv2d(1, 24, kernel_size=7, stride=2, padding=3, bias=False)
-        hw = (256, 256)
-    elif arch in ("unet", "unet-demo"):
+        model.features.conv0 = nn.Conv2d(config["in_channels"], config["num_init_features"],
+                                         kernel_size=7, stride=2, padding=3, bias=False)
+    elif arch == "unet":
         from monai.networks.nets import BasicUNet
 
-        # unet-demo: the ct-lung-nodule demo package's U-Net (models/zoo/)
-        features = (32, 32, 64, 128, 256, 32) if arch == "unet" else (8, 8, 16, 32, 64, 8)
-        model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=features)
+        model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1)
         hw = (256, 256)
+    elif arch == "unet-demo":
+        # the ct-lung-nodule demo package's U-Net, as its model.toml configures it
+        from monai.networks.nets import BasicUNet
+
+        config, hw = demo_package("ct-lung-nodule")
+        model = BasicUNet(spatial_dims=2, in_channels=config["in_channels"],
+                          out_channels=config["num_outputs"], features=tuple(config["features"]))
     else:
         raise ValueError(f"unknown arch {arch!r}")
     return model.eval(), hw
