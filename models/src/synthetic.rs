@@ -37,6 +37,18 @@ pub fn xray_examples(
     count: usize,
     spec: &InputSpec,
 ) -> Result<Vec<XrayExample>, PreprocessError> {
+    xray_examples_with_nodules_from(seed, count, spec, 0.0)
+}
+
+/// As [`xray_examples`], leaving out the radiographs whose nodule is smaller than
+/// `min_nodule_mm` (a different set of studies for any minimum above the generator's 8 mm).
+/// The trainer starts on the conspicuous nodules before it sees the faint ones.
+pub fn xray_examples_with_nodules_from(
+    seed: u64,
+    count: usize,
+    spec: &InputSpec,
+    min_nodule_mm: f64,
+) -> Result<Vec<XrayExample>, PreprocessError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut examples = Vec::with_capacity(count);
     while examples.len() < count {
@@ -59,6 +71,13 @@ pub fn xray_examples(
         else {
             continue;
         };
+        if rendered
+            .findings
+            .iter()
+            .any(|f| f.label == XrayLabel::Nodule && f.size_mm < min_nodule_mm)
+        {
+            continue;
+        }
         let values: Vec<f32> = rendered.pixels.iter().map(|&v| f32::from(v)).collect();
         let source = SourceImage {
             rows: XRAY_RENDER_EDGE as usize,

@@ -93,6 +93,10 @@ struct TrainArgs {
     /// by predicting "no nodule" everywhere).
     #[arg(long, default_value_t = 1.0)]
     location_positive_weight: f64,
+    /// Classifier only: train on radiographs whose nodule (if any) is at least this large
+    /// (mm); the generator draws 8–30 mm, and the held-out set keeps that whole range.
+    #[arg(long, default_value_t = 0.0)]
+    min_nodule_mm: f64,
     /// Segmenter only: slices without a nodule drawn at random per slice with one (most
     /// false positives lie in the mediastinum and chest wall, which these slices show).
     #[arg(long, default_value_t = 0.5)]
@@ -143,6 +147,9 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     }
     if !(args.location_weight.is_finite() && args.location_weight >= 0.0) {
         bail!("--location-weight must be 0 or more");
+    }
+    if !(args.min_nodule_mm.is_finite() && (0.0..=30.0).contains(&args.min_nodule_mm)) {
+        bail!("--min-nodule-mm must be within 0 and 30 (the generator draws 8–30 mm)");
     }
     if !(args.location_positive_weight.is_finite() && args.location_positive_weight > 0.0) {
         bail!("--location-positive-weight must be positive");
@@ -398,7 +405,15 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
             args,
             command,
             eval,
-            format!("{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4", args.seed),
+            format!(
+                "{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4{}",
+                args.seed,
+                if args.min_nodule_mm > 0.0 {
+                    format!(", nodules of {} mm or more only", args.min_nodule_mm)
+                } else {
+                    String::new()
+                }
+            ),
             format!("{eval} held-out synthetic radiographs, seed {}", args.eval_seed),
         ),
         metrics: BTreeMap::new(),
@@ -450,7 +465,12 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
         .context("the classifier has a nodule output")?;
     let started = Instant::now();
     println!("rendering {studies} training radiographs…");
-    let examples = synthetic::xray_examples(args.seed, studies, &manifest.input)?;
+    let examples = synthetic::xray_examples_with_nodules_from(
+        args.seed,
+        studies,
+        &manifest.input,
+        args.min_nodule_mm,
+    )?;
     let [rows, columns] = manifest.input.target_size;
     let device = Device::flex().autodiff();
     device.seed(args.seed);
@@ -637,6 +657,15 @@ fn segmenter_manifest(
 
 fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
     check_args(args)?;
+    if args.lse_sharpness.is_some()
+        || args.location_weight > 0.0
+        || args.location_positive_weight != 1.0
+        || args.min_nodule_mm > 0.0
+    {
+        bail!(
+            "--lse-sharpness, --location-weight, --location-positive-weight and --min-nodule-mm are for the classifier (chest-xray-findings)"
+        );
+    }
     let studies = args.studies.unwrap_or(24);
     let epochs = args.epochs.unwrap_or(SEGMENTER_EPOCHS);
     let eval = args.eval_studies.unwrap_or(8);
