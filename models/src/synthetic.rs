@@ -42,7 +42,7 @@ pub fn xray_examples(
 
 /// As [`xray_examples`], leaving out the radiographs whose nodule is smaller than
 /// `min_nodule_mm` (a different set of studies for any minimum above the generator's 8 mm).
-/// The trainer starts on the conspicuous nodules before it sees the faint ones.
+/// The trainer uses it to ask whether conspicuous nodules alone can be learned.
 pub fn xray_examples_with_nodules_from(
     seed: u64,
     count: usize,
@@ -170,4 +170,60 @@ pub fn ct_training_slices(
     slices.sort_unstable();
     slices.dedup();
     slices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::{Intensity, Normalisation, Photometric};
+
+    fn small_input() -> InputSpec {
+        InputSpec {
+            modalities: vec!["DX".into()],
+            body_part: "CHEST".into(),
+            photometric: Photometric::Monochrome2,
+            target_size: [32, 32],
+            intensity: Intensity::VoiWindow,
+            normalisation: Normalisation {
+                mean: 0.5,
+                std: 0.25,
+            },
+            slice_by_slice: false,
+        }
+    }
+
+    /// The nodule's diameter from its tight pixel box (the box holds the pixel centres inside
+    /// the nodule, so it is up to two pixels narrower than the diameter).
+    fn box_width_mm(nodule_box: [f32; 4]) -> f64 {
+        let pixel_mm = XRAY_FIELD_MM / f64::from(XRAY_RENDER_EDGE);
+        f64::from(nodule_box[2] - nodule_box[0]) * f64::from(XRAY_RENDER_EDGE) * pixel_mm
+    }
+
+    #[test]
+    fn a_minimum_nodule_size_leaves_out_the_smaller_nodules_only() {
+        let spec = small_input();
+        let widths = |min_mm: f64| -> Vec<f64> {
+            let examples = xray_examples_with_nodules_from(5, 24, &spec, min_mm).unwrap();
+            assert_eq!(examples.len(), 24);
+            examples
+                .iter()
+                .filter_map(|e| e.nodule_box)
+                .map(box_width_mm)
+                .collect()
+        };
+        let all = widths(0.0);
+        assert!(
+            all.iter().any(|&w| w < 18.0),
+            "no small nodule drawn: {all:?}"
+        );
+        let large = widths(20.0);
+        assert!(!large.is_empty(), "no nodule at all with the minimum");
+        let pixel_mm = XRAY_FIELD_MM / f64::from(XRAY_RENDER_EDGE);
+        for w in large {
+            assert!(
+                w >= 20.0 - 2.0 * pixel_mm - 1e-3,
+                "a {w:.1} mm nodule box kept"
+            );
+        }
+    }
 }

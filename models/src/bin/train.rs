@@ -89,8 +89,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     location_weight: f64,
     /// Classifier only: weight of the cells a nodule covers in the location loss, against 1
-    /// for the rest (a nodule covers one to four cells of 64, so unweighted the loss is won
-    /// by predicting "no nodule" everywhere).
+    /// for the rest (a nodule covers one to four of the 64 cells, so unweighted the empty
+    /// cells dominate the loss).
     #[arg(long, default_value_t = 1.0)]
     location_positive_weight: f64,
     /// Classifier only: train on radiographs whose nodule (if any) is at least this large
