@@ -15,8 +15,8 @@ fn radserve(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn help_lists_every_flag_of_the_contract() {
-    let output = radserve(&["--help"]);
+fn serve_help_lists_every_flag_of_the_contract() {
+    let output = radserve(&["serve", "--help"]);
     assert!(output.status.success(), "{output:?}");
     let help = String::from_utf8_lossy(&output.stdout);
     for flag in [
@@ -29,7 +29,7 @@ fn help_lists_every_flag_of_the_contract() {
     ] {
         assert!(
             help.contains(flag),
-            "--help does not mention {flag}:\n{help}"
+            "`serve --help` does not mention {flag}:\n{help}"
         );
     }
 }
@@ -37,6 +37,7 @@ fn help_lists_every_flag_of_the_contract() {
 #[test]
 fn an_unknown_device_is_refused_before_anything_starts() {
     let output = radserve(&[
+        "serve",
         "--device",
         "tpu",
         "--data",
