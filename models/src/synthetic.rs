@@ -19,6 +19,8 @@ pub const XRAY_LABELS: [XrayLabel; 4] = XrayLabel::ALL;
 /// Edge of the rendered radiographs (a 358 mm field, as the generator's default).
 pub const XRAY_RENDER_EDGE: u32 = 512;
 const XRAY_FIELD_MM: f64 = 358.4;
+/// Their pixel spacing (mm).
+const XRAY_PIXEL_MM: f64 = XRAY_FIELD_MM / XRAY_RENDER_EDGE as f64;
 
 /// One preprocessed radiograph and its labels (1.0 present, 0.0 absent).
 #[derive(Debug, Clone)]
@@ -60,7 +62,7 @@ pub fn xray_examples_with_nodules_from(
         let render_spec = RadiographSpec {
             rows: XRAY_RENDER_EDGE,
             columns: XRAY_RENDER_EDGE,
-            pixel_spacing_mm: XRAY_FIELD_MM / f64::from(XRAY_RENDER_EDGE),
+            pixel_spacing_mm: XRAY_PIXEL_MM,
             monochrome1: rng.random_bool(0.25),
             findings: findings.clone(),
         };
@@ -195,8 +197,7 @@ mod tests {
     /// The nodule's diameter from its tight pixel box (the box holds the pixel centres inside
     /// the nodule, so it is up to two pixels narrower than the diameter).
     fn box_width_mm(nodule_box: [f32; 4]) -> f64 {
-        let pixel_mm = XRAY_FIELD_MM / f64::from(XRAY_RENDER_EDGE);
-        f64::from(nodule_box[2] - nodule_box[0]) * f64::from(XRAY_RENDER_EDGE) * pixel_mm
+        f64::from(nodule_box[2] - nodule_box[0]) * f64::from(XRAY_RENDER_EDGE) * XRAY_PIXEL_MM
     }
 
     #[test]
@@ -218,10 +219,9 @@ mod tests {
         );
         let large = widths(20.0);
         assert!(!large.is_empty(), "no nodule at all with the minimum");
-        let pixel_mm = XRAY_FIELD_MM / f64::from(XRAY_RENDER_EDGE);
         for w in large {
             assert!(
-                w >= 20.0 - 2.0 * pixel_mm - 1e-3,
+                w >= 20.0 - 2.0 * XRAY_PIXEL_MM - 1e-3,
                 "a {w:.1} mm nodule box kept"
             );
         }
