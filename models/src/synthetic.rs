@@ -20,7 +20,7 @@ pub const XRAY_LABELS: [XrayLabel; 4] = XrayLabel::ALL;
 pub const XRAY_RENDER_EDGE: u32 = 512;
 const XRAY_FIELD_MM: f64 = 358.4;
 /// Their pixel spacing (mm).
-const XRAY_PIXEL_MM: f64 = XRAY_FIELD_MM / XRAY_RENDER_EDGE as f64;
+pub const XRAY_PIXEL_MM: f64 = XRAY_FIELD_MM / XRAY_RENDER_EDGE as f64;
 
 /// One preprocessed radiograph and its labels (1.0 present, 0.0 absent).
 #[derive(Debug, Clone)]
@@ -104,6 +104,79 @@ pub fn xray_examples_with_nodules_from(
         });
     }
     Ok(examples)
+}
+
+/// Square crops of preprocessed radiographs for teaching the classifier what a nodule looks
+/// like before it sees whole images: in a whole radiograph a nodule is under 1 % of the
+/// pixels and the label alone does not say where, while in a crop it fills much of the view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodulePatches {
+    /// `count × edge × edge` pixels, crop after crop.
+    pub pixels: Vec<f32>,
+    /// 1.0 where the crop holds the whole nodule, 0.0 where the image has none.
+    pub labels: Vec<f32>,
+    pub edge: usize,
+}
+
+/// `per_image` crops of `edge` pixels from every example with a nodule, each placed at random
+/// so that it holds the whole nodule box, and as many from examples without one. A negative
+/// crop takes the window of a random positive crop, so that where a crop lies in the image says
+/// nothing about its label; the crops alternate positive, negative.
+pub fn nodule_patches(
+    examples: &[XrayExample],
+    [rows, columns]: [usize; 2],
+    edge: usize,
+    per_image: usize,
+    rng: &mut impl Rng,
+) -> NodulePatches {
+    let edge = edge.min(rows).min(columns);
+    let negatives: Vec<&XrayExample> = examples.iter().filter(|e| e.nodule_box.is_none()).collect();
+    let mut patches = NodulePatches {
+        pixels: Vec::new(),
+        labels: Vec::new(),
+        edge,
+    };
+    let mut crop = |image: &[f32], [top, left]: [usize; 2], label: f32| {
+        for row in top..top + edge {
+            patches
+                .pixels
+                .extend_from_slice(&image[row * columns + left..row * columns + left + edge]);
+        }
+        patches.labels.push(label);
+    };
+    for example in examples {
+        let Some([left, top, right, bottom]) = example.nodule_box else {
+            continue;
+        };
+        for _ in 0..per_image {
+            let origin = [
+                window_start(top, bottom, rows, edge, rng),
+                window_start(left, right, columns, edge, rng),
+            ];
+            crop(&example.image, origin, 1.0);
+            if !negatives.is_empty() {
+                let other = negatives[rng.random_range(0..negatives.len())];
+                crop(&other.image, origin, 0.0);
+            }
+        }
+    }
+    patches
+}
+
+/// A random start along one axis of `size` pixels for an `edge`-wide window that holds the
+/// span from fraction `first` to fraction `last` (centred on it when it cannot).
+fn window_start(first: f32, last: f32, size: usize, edge: usize, rng: &mut impl Rng) -> usize {
+    let first = ((first * size as f32).floor().max(0.0) as usize).min(size - 1);
+    let last = ((last * size as f32).floor().max(0.0) as usize).clamp(first, size - 1);
+    let lowest = (last + 1).saturating_sub(edge);
+    let highest = first.min(size - edge);
+    if lowest <= highest {
+        rng.random_range(lowest..=highest)
+    } else {
+        ((first + last + 1) / 2)
+            .saturating_sub(edge / 2)
+            .min(size - edge)
+    }
 }
 
 /// Slices of each training and held-out CT scan.
@@ -198,6 +271,68 @@ mod tests {
     /// the nodule, so it is up to two pixels narrower than the diameter).
     fn box_width_mm(nodule_box: [f32; 4]) -> f64 {
         f64::from(nodule_box[2] - nodule_box[0]) * f64::from(XRAY_RENDER_EDGE) * XRAY_PIXEL_MM
+    }
+
+    #[test]
+    fn nodule_patches_hold_the_whole_nodule_and_negatives_share_the_window() {
+        let edge = 32;
+        // Each pixel says which image it is from and where: id·10⁴ + row·100 + column.
+        let example = |id: usize, nodule_box: Option<[f32; 4]>| XrayExample {
+            image: (0..edge * edge)
+                .map(|i| (id * 10_000 + (i / edge) * 100 + i % edge) as f32)
+                .collect(),
+            labels: [0.0; 4],
+            nodule_box,
+        };
+        let examples = vec![
+            example(0, Some([0.0, 0.0, 0.1, 0.1])),
+            example(1, None),
+            example(2, Some([0.7, 0.5, 0.95, 0.8])),
+            example(3, None),
+            // Wider than the crop: centred on it instead.
+            example(4, Some([0.1, 0.1, 0.9, 0.9])),
+        ];
+        let patch = 12;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let patches = nodule_patches(&examples, [edge, edge], patch, 5, &mut rng);
+        assert_eq!(patches.labels.len(), 3 * 5 * 2);
+        assert_eq!(patches.pixels.len(), patches.labels.len() * patch * patch);
+        let origin = |index: usize| {
+            let first = patches.pixels[index * patch * patch] as usize;
+            (first / 10_000, (first % 10_000) / 100, first % 100)
+        };
+        for pair in 0..15 {
+            let (id, top, left) = origin(2 * pair);
+            let (negative_id, negative_top, negative_left) = origin(2 * pair + 1);
+            assert_eq!(patches.labels[2 * pair..2 * pair + 2], [1.0, 0.0]);
+            assert!(
+                negative_id == 1 || negative_id == 3,
+                "negative from image {negative_id}"
+            );
+            assert_eq!((negative_top, negative_left), (top, left));
+            assert!(top + patch <= edge && left + patch <= edge);
+            // The box in pixels: fraction × 32, floored.
+            let [box_left, box_top, box_right, box_bottom] = match id {
+                0 => [0, 0, 3, 3],
+                2 => [22, 16, 30, 25],
+                4 => {
+                    assert_eq!((top, left), (10, 10));
+                    continue;
+                }
+                other => panic!("positive crop from image {other}"),
+            };
+            assert!(
+                top <= box_top && box_bottom < top + patch,
+                "rows {top}.. for {id}"
+            );
+            assert!(
+                left <= box_left && box_right < left + patch,
+                "columns {left}.. for {id}"
+            );
+        }
+        // The windows vary: the crops are not all the same view of the nodule.
+        let tops: std::collections::HashSet<_> = (0..15).map(|p| origin(2 * p).1).collect();
+        assert!(tops.len() > 3);
     }
 
     #[test]

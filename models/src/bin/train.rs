@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use dicom_samples::ct::CtPhantom;
 use dicom_samples::ground_truth::XrayLabel;
 use indicatif::{ProgressBar, ProgressStyle};
-use radserve_models::architecture::densenet::Pooling;
+use radserve_models::architecture::densenet::{DenseNet, Pooling};
 use radserve_models::architecture::{
     ArchitectureConfig, DenseNetConfig, Network, UNet, UNetConfig,
 };
@@ -97,6 +97,17 @@ struct TrainArgs {
     /// (mm); the generator draws 8–30 mm, and the held-out set keeps that whole range.
     #[arg(long, default_value_t = 0.0)]
     min_nodule_mm: f64,
+    /// Classifier only: before `--epochs` on whole radiographs, train the nodule output this
+    /// many epochs on crops (`--nodule-patch-size`) that hold a nodule or come from a
+    /// radiograph without one, where a nodule fills much of the view.
+    #[arg(long, default_value_t = 0)]
+    nodule_patch_epochs: usize,
+    /// Classifier only: edge of those crops (pixels of the network's input; a multiple of 32).
+    #[arg(long, default_value_t = 64)]
+    nodule_patch_size: usize,
+    /// Classifier only: crops per radiograph with a nodule per patch epoch (as many negatives).
+    #[arg(long, default_value_t = 4)]
+    nodule_patches_per_image: usize,
     /// Segmenter only: slices without a nodule drawn at random per slice with one (most
     /// false positives lie in the mediastinum and chest wall, which these slices show).
     #[arg(long, default_value_t = 0.5)]
@@ -150,6 +161,15 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     }
     if !(args.min_nodule_mm.is_finite() && (0.0..=30.0).contains(&args.min_nodule_mm)) {
         bail!("--min-nodule-mm must be within 0 and 30 (the generator draws 8–30 mm)");
+    }
+    if args.nodule_patch_size == 0
+        || args.nodule_patch_size % 32 != 0
+        || args.nodule_patch_size > args.input_size.unwrap_or(256)
+    {
+        bail!("--nodule-patch-size must be a multiple of 32 no larger than the input");
+    }
+    if args.nodule_patches_per_image == 0 || args.nodule_patches_per_image > 64 {
+        bail!("--nodule-patches-per-image must be 1..=64");
     }
     if !(args.location_positive_weight.is_finite() && args.location_positive_weight > 0.0) {
         bail!("--location-positive-weight must be positive");
@@ -406,10 +426,18 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
             command,
             eval,
             format!(
-                "{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4{}",
+                "{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4{}{}",
                 args.seed,
                 if args.min_nodule_mm > 0.0 {
                     format!(", nodules of {} mm or more only", args.min_nodule_mm)
+                } else {
+                    String::new()
+                },
+                if args.nodule_patch_epochs > 0 {
+                    format!(
+                        "; the nodule output first trained {} epochs on {}-pixel crops, {} with a nodule and as many without per radiograph with one",
+                        args.nodule_patch_epochs, args.nodule_patch_size, args.nodule_patches_per_image
+                    )
                 } else {
                     String::new()
                 }
@@ -477,6 +505,17 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     let mut model = config.init(&device)?;
     let mut optimizer = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
+    if args.nodule_patch_epochs > 0 {
+        model = train_on_nodule_patches(
+            args,
+            model,
+            &examples,
+            [rows, columns],
+            nodule_output,
+            &device,
+            &mut rng,
+        )?;
+    }
     let mut order: Vec<usize> = (0..examples.len()).collect();
     for epoch in 0..epochs {
         order.shuffle(&mut rng);
@@ -574,6 +613,72 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     })
 }
 
+/// The first stage of `--nodule-patch-epochs`: the nodule output alone, on crops. The crops
+/// are drawn again each epoch, so the network sees each nodule from other windows. Four times
+/// `--batch` crops per step: a 64-pixel crop costs 1/16 of a 256-pixel radiograph.
+fn train_on_nodule_patches(
+    args: &TrainArgs,
+    mut model: DenseNet,
+    examples: &[synthetic::XrayExample],
+    size: [usize; 2],
+    nodule_output: usize,
+    device: &Device,
+    rng: &mut ChaCha8Rng,
+) -> Result<DenseNet> {
+    let mut optimizer = AdamConfig::new().init();
+    let epochs = args.nodule_patch_epochs;
+    for epoch in 0..epochs {
+        let patches = synthetic::nodule_patches(
+            examples,
+            size,
+            args.nodule_patch_size,
+            args.nodule_patches_per_image,
+            rng,
+        );
+        let edge = patches.edge;
+        let mut order: Vec<usize> = (0..patches.labels.len()).collect();
+        order.shuffle(rng);
+        let batch_size = args.batch * 4;
+        let bar = progress(
+            order.len().div_ceil(batch_size) as u64,
+            &format!("nodule crops, epoch {}/{epochs}", epoch + 1),
+        );
+        let lr = args.learning_rate
+            * 0.5
+            * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        let (mut scores, mut truth) = (Vec::new(), Vec::new());
+        for batch in order.chunks(batch_size) {
+            let mut pixels = Vec::with_capacity(batch.len() * edge * edge);
+            let mut targets = Vec::with_capacity(batch.len());
+            for &i in batch {
+                pixels.extend_from_slice(&patches.pixels[i * edge * edge..(i + 1) * edge * edge]);
+                targets.push(patches.labels[i]);
+                truth.push(patches.labels[i] > 0.5);
+            }
+            let images = Tensor::<4>::from_data(
+                TensorData::new(pixels, [batch.len(), 1, edge, edge]),
+                device,
+            );
+            let targets =
+                Tensor::<2>::from_data(TensorData::new(targets, [batch.len(), 1]), device);
+            let logits = model.forward(images).narrow(1, nodule_output, 1);
+            scores.extend(logits_of(&logits));
+            let loss = bce_with_logits(logits, targets);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            bar.set_prefix(format!("{:.4}", scalar(loss)));
+            model = optimizer.step(lr, model, grads);
+            bar.inc(1);
+        }
+        bar.finish();
+        println!(
+            "nodule crops, epoch {}: training AUC {}",
+            epoch + 1,
+            roc_auc(&scores, &truth).map_or_else(|| "-".to_owned(), |auc| format!("{auc:.3}"))
+        );
+    }
+    Ok(model)
+}
+
 fn segmenter_manifest(
     args: &TrainArgs,
     command: &str,
@@ -661,9 +766,10 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         || args.location_weight > 0.0
         || args.location_positive_weight != 1.0
         || args.min_nodule_mm > 0.0
+        || args.nodule_patch_epochs > 0
     {
         bail!(
-            "--lse-sharpness, --location-weight, --location-positive-weight and --min-nodule-mm are for the classifier (chest-xray-findings)"
+            "--lse-sharpness, --location-weight, --location-positive-weight, --min-nodule-mm and --nodule-patch-epochs are for the classifier (chest-xray-findings)"
         );
     }
     let studies = args.studies.unwrap_or(24);
