@@ -20,7 +20,7 @@ pub const XRAY_LABELS: [XrayLabel; 4] = XrayLabel::ALL;
 pub const XRAY_RENDER_EDGE: u32 = 512;
 const XRAY_FIELD_MM: f64 = 358.4;
 /// Their pixel spacing (mm).
-pub const XRAY_PIXEL_MM: f64 = XRAY_FIELD_MM / XRAY_RENDER_EDGE as f64;
+const XRAY_PIXEL_MM: f64 = XRAY_FIELD_MM / XRAY_RENDER_EDGE as f64;
 
 /// One preprocessed radiograph and its labels (1.0 present, 0.0 absent).
 #[derive(Debug, Clone)]

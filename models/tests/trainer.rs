@@ -1,7 +1,8 @@
 //! The trainer binary end to end, on a budget a test can afford: continuing the demo
 //! segmenter with a hard-example stage writes a package that loads, records where its
 //! weights came from, and carries the component rule it was given; a starting package of
-//! another architecture, and the segmenter's flags on the classifier, are refused.
+//! another architecture, and the segmenter's flags on the classifier, are refused; the
+//! classifier's nodule-crop stages run and are recorded in its package.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -115,5 +116,69 @@ fn segmenter_flags_are_refused_for_the_classifier() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("are for the segmenter"), "{stderr}");
+    assert!(!out.path().join("model.toml").exists());
+}
+
+#[test]
+fn the_classifier_trains_on_nodule_crops_and_says_so() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = train(&[
+        "chest-xray-findings",
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+        "--studies",
+        "6",
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--input-size",
+        "64",
+        // Enough held-out radiographs that each label has both classes (AUC needs both).
+        "--eval-studies",
+        "16",
+        "--nodule-patch-epochs",
+        "1",
+        "--nodule-patch-size",
+        "32",
+        "--nodule-patch-weight",
+        "0.5",
+    ]);
+    assert!(
+        output.status.success(),
+        "trainer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // A number, not "-": the six radiographs gave crops of both classes.
+    let crop_auc: f64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("nodule crops, epoch 1: training AUC "))
+        .and_then(|auc| auc.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no crop AUC in {stdout}"));
+    assert!((0.0..=1.0).contains(&crop_auc), "{crop_auc}");
+    let package = ModelPackage::open(out.path()).expect("the new package opens");
+    let data = &package.manifest.training.data;
+    assert!(data.contains("first trained 1 epochs on 32-pixel crops"), "{data}");
+    assert!(data.contains("8 crops of 32 pixels (half holding a nodule) at weight 0.5"), "{data}");
+}
+
+#[test]
+fn a_crop_larger_than_the_input_is_refused() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = train(&[
+        "chest-xray-findings",
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+        "--input-size",
+        "64",
+        "--nodule-patch-epochs",
+        "1",
+        "--nodule-patch-size",
+        "96",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--nodule-patch-size must be"), "{stderr}");
     assert!(!out.path().join("model.toml").exists());
 }

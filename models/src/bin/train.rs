@@ -108,6 +108,11 @@ struct TrainArgs {
     /// Classifier only: crops per radiograph with a nodule per patch epoch (as many negatives).
     #[arg(long, default_value_t = 4)]
     nodule_patches_per_image: usize,
+    /// Classifier only: during the `--epochs` on whole radiographs, add this weight times the
+    /// nodule loss on 4 × `--batch` crops to each step, so that the whole-image labels do not
+    /// train away what the crops taught; 0 adds none.
+    #[arg(long, default_value_t = 0.0)]
+    nodule_patch_weight: f64,
     /// Segmenter only: slices without a nodule drawn at random per slice with one (most
     /// false positives lie in the mediastinum and chest wall, which these slices show).
     #[arg(long, default_value_t = 0.5)]
@@ -162,11 +167,16 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     if !(args.min_nodule_mm.is_finite() && (0.0..=30.0).contains(&args.min_nodule_mm)) {
         bail!("--min-nodule-mm must be within 0 and 30 (the generator draws 8–30 mm)");
     }
-    if args.nodule_patch_size == 0
-        || args.nodule_patch_size % 32 != 0
-        || args.nodule_patch_size > args.input_size.unwrap_or(256)
+    let crops = args.nodule_patch_epochs > 0 || args.nodule_patch_weight > 0.0;
+    if crops
+        && (args.nodule_patch_size == 0
+            || args.nodule_patch_size % 32 != 0
+            || args.nodule_patch_size > args.input_size.unwrap_or(256))
     {
         bail!("--nodule-patch-size must be a multiple of 32 no larger than the input");
+    }
+    if !(args.nodule_patch_weight.is_finite() && args.nodule_patch_weight >= 0.0) {
+        bail!("--nodule-patch-weight must be 0 or more");
     }
     if args.nodule_patches_per_image == 0 || args.nodule_patches_per_image > 64 {
         bail!("--nodule-patches-per-image must be 1..=64");
@@ -426,7 +436,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
             command,
             eval,
             format!(
-                "{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4{}{}",
+                "{studies} synthetic radiographs from dicom-samples (512×512, 12-bit, a quarter MONOCHROME1), seed {}, each finding present with probability 0.4{}{}{}",
                 args.seed,
                 if args.min_nodule_mm > 0.0 {
                     format!(", nodules of {} mm or more only", args.min_nodule_mm)
@@ -437,6 +447,16 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
                     format!(
                         "; the nodule output first trained {} epochs on {}-pixel crops, {} with a nodule and as many without per radiograph with one",
                         args.nodule_patch_epochs, args.nodule_patch_size, args.nodule_patches_per_image
+                    )
+                } else {
+                    String::new()
+                },
+                if args.nodule_patch_weight > 0.0 {
+                    format!(
+                        "; each whole-radiograph step also trained the nodule output on {} crops of {} pixels (half holding a nodule) at weight {}",
+                        args.batch * 4,
+                        args.nodule_patch_size,
+                        args.nodule_patch_weight
                     )
                 } else {
                     String::new()
@@ -528,6 +548,22 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
         // The training set's AUC per label as the epoch saw it: a label that stays near 0.5
         // here is not being learned at all; one high here and low held-out is memorised.
         let mut epoch_scores: Vec<f32> = Vec::with_capacity(order.len() * 4);
+        let mixed_patches = (args.nodule_patch_weight > 0.0).then(|| {
+            let patches = synthetic::nodule_patches(
+                &examples,
+                [rows, columns],
+                args.nodule_patch_size,
+                args.nodule_patches_per_image,
+                &mut rng,
+            );
+            let mut order: Vec<usize> = (0..patches.labels.len()).collect();
+            order.shuffle(&mut rng);
+            (patches, order)
+        });
+        let mut patch_batches = mixed_patches
+            .iter()
+            .flat_map(|(_, order)| order.chunks(args.batch * 4))
+            .cycle();
         let mut epoch_truth: Vec<bool> = Vec::with_capacity(order.len() * 4);
         for batch in order.chunks(args.batch) {
             let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
@@ -574,6 +610,14 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
             for &i in batch {
                 epoch_truth.extend(examples[i].labels.iter().map(|&l| l > 0.5));
             }
+            let loss = match (&mixed_patches, patch_batches.next()) {
+                (Some((patches, _)), Some(patch_batch)) if !patch_batch.is_empty() => {
+                    let (patch_loss, _) =
+                        nodule_patch_loss(&model, patches, patch_batch, nodule_output, &device);
+                    loss + patch_loss.mul_scalar(args.nodule_patch_weight)
+                }
+                _ => loss,
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             bar.set_prefix(format!("{:.4}", scalar(loss)));
             model = optimizer.step(lr, model, grads);
@@ -635,7 +679,6 @@ fn train_on_nodule_patches(
             args.nodule_patches_per_image,
             rng,
         );
-        let edge = patches.edge;
         let mut order: Vec<usize> = (0..patches.labels.len()).collect();
         order.shuffle(rng);
         let batch_size = args.batch * 4;
@@ -648,22 +691,9 @@ fn train_on_nodule_patches(
             * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
         let (mut scores, mut truth) = (Vec::new(), Vec::new());
         for batch in order.chunks(batch_size) {
-            let mut pixels = Vec::with_capacity(batch.len() * edge * edge);
-            let mut targets = Vec::with_capacity(batch.len());
-            for &i in batch {
-                pixels.extend_from_slice(&patches.pixels[i * edge * edge..(i + 1) * edge * edge]);
-                targets.push(patches.labels[i]);
-                truth.push(patches.labels[i] > 0.5);
-            }
-            let images = Tensor::<4>::from_data(
-                TensorData::new(pixels, [batch.len(), 1, edge, edge]),
-                device,
-            );
-            let targets =
-                Tensor::<2>::from_data(TensorData::new(targets, [batch.len(), 1]), device);
-            let logits = model.forward(images).narrow(1, nodule_output, 1);
-            scores.extend(logits_of(&logits));
-            let loss = bce_with_logits(logits, targets);
+            truth.extend(batch.iter().map(|&i| patches.labels[i] > 0.5));
+            let (loss, logits) = nodule_patch_loss(&model, &patches, batch, nodule_output, device);
+            scores.extend(logits);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             bar.set_prefix(format!("{:.4}", scalar(loss)));
             model = optimizer.step(lr, model, grads);
@@ -677,6 +707,31 @@ fn train_on_nodule_patches(
         );
     }
     Ok(model)
+}
+
+/// The nodule output's loss on the crops `batch` indexes, and its logits.
+fn nodule_patch_loss(
+    model: &DenseNet,
+    patches: &synthetic::NodulePatches,
+    batch: &[usize],
+    nodule_output: usize,
+    device: &Device,
+) -> (Tensor<1>, Vec<f32>) {
+    let edge = patches.edge;
+    let mut pixels = Vec::with_capacity(batch.len() * edge * edge);
+    let mut targets = Vec::with_capacity(batch.len());
+    for &i in batch {
+        pixels.extend_from_slice(&patches.pixels[i * edge * edge..(i + 1) * edge * edge]);
+        targets.push(patches.labels[i]);
+    }
+    let images = Tensor::<4>::from_data(
+        TensorData::new(pixels, [batch.len(), 1, edge, edge]),
+        device,
+    );
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [batch.len(), 1]), device);
+    let logits = model.forward(images).narrow(1, nodule_output, 1);
+    let scores = logits_of(&logits);
+    (bce_with_logits(logits, targets), scores)
 }
 
 fn segmenter_manifest(
@@ -767,9 +822,10 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         || args.location_positive_weight != 1.0
         || args.min_nodule_mm > 0.0
         || args.nodule_patch_epochs > 0
+        || args.nodule_patch_weight > 0.0
     {
         bail!(
-            "--lse-sharpness, --location-weight, --location-positive-weight, --min-nodule-mm and --nodule-patch-epochs are for the classifier (chest-xray-findings)"
+            "--lse-sharpness, --location-weight, --location-positive-weight, --min-nodule-mm, --nodule-patch-epochs and --nodule-patch-weight are for the classifier (chest-xray-findings)"
         );
     }
     let studies = args.studies.unwrap_or(24);
