@@ -173,7 +173,8 @@ fn window_start(first: f32, last: f32, size: usize, edge: usize, rng: &mut impl 
     if lowest <= highest {
         rng.random_range(lowest..=highest)
     } else {
-        ((first + last + 1) / 2)
+        (first + last)
+            .div_ceil(2)
             .saturating_sub(edge / 2)
             .min(size - edge)
     }

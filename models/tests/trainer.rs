@@ -159,8 +159,14 @@ fn the_classifier_trains_on_nodule_crops_and_says_so() {
     assert!((0.0..=1.0).contains(&crop_auc), "{crop_auc}");
     let package = ModelPackage::open(out.path()).expect("the new package opens");
     let data = &package.manifest.training.data;
-    assert!(data.contains("first trained 1 epochs on 32-pixel crops"), "{data}");
-    assert!(data.contains("8 crops of 32 pixels (half holding a nodule) at weight 0.5"), "{data}");
+    assert!(
+        data.contains("first trained 1 epochs on 32-pixel crops"),
+        "{data}"
+    );
+    assert!(
+        data.contains("8 crops of 32 pixels (half holding a nodule) at weight 0.5"),
+        "{data}"
+    );
 }
 
 #[test]

@@ -170,7 +170,7 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     let crops = args.nodule_patch_epochs > 0 || args.nodule_patch_weight > 0.0;
     if crops
         && (args.nodule_patch_size == 0
-            || args.nodule_patch_size % 32 != 0
+            || !args.nodule_patch_size.is_multiple_of(32)
             || args.nodule_patch_size > args.input_size.unwrap_or(256))
     {
         bail!("--nodule-patch-size must be a multiple of 32 no larger than the input");
