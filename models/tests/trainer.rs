@@ -2,7 +2,8 @@
 //! segmenter with a hard-example stage writes a package that loads, records where its
 //! weights came from, and carries the component rule it was given; a starting package of
 //! another architecture, and the segmenter's flags on the classifier, are refused; the
-//! classifier's nodule-crop stages run and are recorded in its package.
+//! classifier's nodule-crop stages run and are recorded in its package, and a classifier
+//! continues from a package as the segmenter does.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -166,6 +167,44 @@ fn the_classifier_trains_on_nodule_crops_and_says_so() {
     assert!(
         data.contains("8 crops of 32 pixels (half holding a nodule) at weight 0.5"),
         "{data}"
+    );
+
+    // More whole-radiograph epochs on top of that package: its weights are the start, and
+    // the new card says how they were made.
+    let continued = tempfile::tempdir().expect("temp dir");
+    let output = train(&[
+        "chest-xray-findings",
+        "--out",
+        continued.path().to_str().expect("utf-8 path"),
+        "--init-weights",
+        out.path().to_str().expect("utf-8 path"),
+        "--studies",
+        "4",
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--input-size",
+        "64",
+        "--eval-studies",
+        "16",
+    ]);
+    assert!(
+        output.status.success(),
+        "trainer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let next = ModelPackage::open(continued.path()).expect("the continued package opens");
+    let next_data = &next.manifest.training.data;
+    assert!(
+        next_data.starts_with("continued from chest-xray-findings 0.1.0 (data: 6 synthetic"),
+        "{next_data}"
+    );
+    assert!(next_data.contains("32-pixel crops"), "{next_data}");
+    assert_eq!(next.manifest.architecture, package.manifest.architecture);
+    assert_ne!(
+        next.manifest.weights.sha256,
+        package.manifest.weights.sha256
     );
 }
 

@@ -117,8 +117,9 @@ struct TrainArgs {
     /// false positives lie in the mediastinum and chest wall, which these slices show).
     #[arg(long, default_value_t = 0.5)]
     other_slices: f64,
-    /// Segmenter only: start from this package's weights (same architecture) instead of
-    /// random ones, e.g. to add hard-example epochs to a trained model.
+    /// Start from this package's weights (same architecture) instead of random ones, e.g. to
+    /// add hard-example epochs to a trained segmenter or whole-radiograph epochs to a
+    /// classifier.
     #[arg(long)]
     init_weights: Option<PathBuf>,
     /// Segmenter only: after `--epochs`, run the network on every slice of the training
@@ -491,19 +492,22 @@ fn nodule_cells(nodule_box: Option<[f32; 4]>, rows: usize, columns: usize) -> Ve
 fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     check_args(args)?;
     // Refused rather than ignored: a run that silently dropped them would not be the run asked for.
-    if args.init_weights.is_some()
-        || args.hard_example_epochs > 0
+    if args.hard_example_epochs > 0
         || args.min_component_volume.is_some()
         || args.min_lung_border_fraction > 0.0
     {
         bail!(
-            "--init-weights, --hard-example-epochs, --min-component-volume and --min-lung-border-fraction are for the segmenter (ct-lung-nodule)"
+            "--hard-example-epochs, --min-component-volume and --min-lung-border-fraction are for the segmenter (ct-lung-nodule)"
         );
     }
     let studies = args.studies.unwrap_or(1600);
     let epochs = args.epochs.unwrap_or(6);
     let eval = args.eval_studies.unwrap_or(400);
+    let base = base_package(args)?;
     let mut manifest = classifier_manifest(args, command, studies, eval);
+    if let Some(base) = &base {
+        manifest.training.data = continued_from(&base.manifest, &manifest.training.data);
+    }
     let ArchitectureConfig::Densenet(config) = manifest.architecture.clone() else {
         bail!("the classifier is a DenseNet");
     };
@@ -522,7 +526,16 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
     let [rows, columns] = manifest.input.target_size;
     let device = Device::flex().autodiff();
     device.seed(args.seed);
-    let mut model = config.init(&device)?;
+    let mut model = match &base {
+        None => config.init(&device)?,
+        Some(package) => match initial_weights(package, &manifest.architecture, &device)? {
+            Network::DenseNet(model) => *model,
+            _ => bail!(
+                "--init-weights {}: not a DenseNet",
+                package.directory.display()
+            ),
+        },
+    };
     let mut optimizer = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
     if args.nodule_patch_epochs > 0 {
@@ -734,6 +747,32 @@ fn nodule_patch_loss(
     (bce_with_logits(logits, targets), scores)
 }
 
+/// The training data of a package trained from `base`'s weights: the card must say how the
+/// starting weights were made, or nobody can remake them.
+fn continued_from(base: &Manifest, data: &str) -> String {
+    format!(
+        "continued from {} {} (data: {}; command: `{}`; {} s); here {data}",
+        base.model.name,
+        base.model.version,
+        base.training.data,
+        base.training.command,
+        base.training
+            .duration_s
+            .map_or_else(|| "?".to_string(), |d| d.to_string()),
+    )
+}
+
+/// The package `--init-weights` names, opened.
+fn base_package(args: &TrainArgs) -> Result<Option<ModelPackage>> {
+    args.init_weights
+        .as_ref()
+        .map(|dir| {
+            ModelPackage::open(dir).with_context(|| format!("--init-weights {}", dir.display()))
+        })
+        .transpose()
+        .map_err(Into::into)
+}
+
 fn segmenter_manifest(
     args: &TrainArgs,
     command: &str,
@@ -746,17 +785,7 @@ fn segmenter_manifest(
         args.seed, args.other_slices
     );
     if let Some(base) = base {
-        // The card must say how the starting weights were made, or nobody can remake them.
-        data = format!(
-            "continued from {} {} (data: {}; command: `{}`; {} s); here {data}",
-            base.model.name,
-            base.model.version,
-            base.training.data,
-            base.training.command,
-            base.training
-                .duration_s
-                .map_or_else(|| "?".to_string(), |d| d.to_string()),
-        );
+        data = continued_from(base, &data);
     }
     if args.hard_example_epochs > 0 {
         let first = match args.epochs.unwrap_or(SEGMENTER_EPOCHS) {
@@ -831,13 +860,7 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
     let studies = args.studies.unwrap_or(24);
     let epochs = args.epochs.unwrap_or(SEGMENTER_EPOCHS);
     let eval = args.eval_studies.unwrap_or(8);
-    let base = args
-        .init_weights
-        .as_ref()
-        .map(|dir| {
-            ModelPackage::open(dir).with_context(|| format!("--init-weights {}", dir.display()))
-        })
-        .transpose()?;
+    let base = base_package(args)?;
     let mut manifest = segmenter_manifest(
         args,
         command,
@@ -873,7 +896,13 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
     device.seed(args.seed);
     let mut model = match &base {
         None => config.init(&device)?,
-        Some(package) => initial_weights(package, &manifest.architecture, &device)?,
+        Some(package) => match initial_weights(package, &manifest.architecture, &device)? {
+            Network::UNet(model) => *model,
+            _ => bail!(
+                "--init-weights {}: not a U-Net",
+                package.directory.display()
+            ),
+        },
     };
     let mut optimizer = AdamConfig::new().init();
     let mut fit =
@@ -931,18 +960,15 @@ fn initial_weights(
     package: &ModelPackage,
     architecture: &ArchitectureConfig,
     device: &Device,
-) -> Result<UNet> {
-    let dir = package.directory.display();
+) -> Result<Network> {
     if &package.manifest.architecture != architecture {
         bail!(
-            "--init-weights {dir}: its architecture {:?} is not the one trained here ({architecture:?})",
+            "--init-weights {}: its architecture {:?} is not the one trained here ({architecture:?})",
+            package.directory.display(),
             package.manifest.architecture
         );
     }
-    match radserve_models::package::load_network(package, device)? {
-        Network::UNet(model) => Ok(*model),
-        _ => bail!("--init-weights {dir}: not a U-Net"),
-    }
+    Ok(radserve_models::package::load_network(package, device)?)
 }
 
 /// One stage of training: its epochs, starting learning rate, batch size, the network's
