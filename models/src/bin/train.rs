@@ -770,7 +770,6 @@ fn base_package(args: &TrainArgs) -> Result<Option<ModelPackage>> {
             ModelPackage::open(dir).with_context(|| format!("--init-weights {}", dir.display()))
         })
         .transpose()
-        .map_err(Into::into)
 }
 
 fn segmenter_manifest(
