@@ -345,11 +345,10 @@ fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
             c.min_volume_mm3, c.min_lung_border_fraction, c.min_through_plane_ratio
         );
     }
+    // A TOML block, as in model.toml: a nested table (the pooling) reads wrongly on one line.
     card += &format!(
-        "\n## Architecture\n`{}` ({} bytes of burnpack weights, SHA-256 `{}`)\n",
-        toml::to_string(&manifest.architecture)
-            .unwrap_or_default()
-            .replace('\n', "; "),
+        "\n## Architecture\n```toml\n{}```\n{} bytes of burnpack weights, SHA-256 `{}`\n",
+        toml::to_string(&manifest.architecture).unwrap_or_default(),
         weights_bytes,
         manifest.weights.sha256
     );
