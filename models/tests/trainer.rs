@@ -5,7 +5,7 @@
 //! classifier's nodule-crop stages run and are recorded in its package, and a classifier
 //! continues from a package as the segmenter does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use radserve_models::package::ModelPackage;
@@ -14,42 +14,67 @@ fn demo_segmenter() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("zoo/ct-lung-nodule")
 }
 
-fn train(args: &[&str]) -> std::process::Output {
+/// Runs the trainer for `model` writing to `out`; `args` follow `--out`.
+fn train(model: &str, out: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg(model)
+        .arg("--out")
+        .arg(out)
         .args(args)
         .output()
         .expect("run the trainer")
+}
+
+/// Trains into `out` and returns what the trainer printed; fails the test if it failed.
+fn trained(model: &str, out: &Path, args: &[&str]) -> String {
+    let output = train(model, out, args);
+    assert!(
+        output.status.success(),
+        "trainer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The trainer refuses `args` with a message containing each of `messages`, writing nothing.
+fn refused(model: &str, args: &[&str], messages: &[&str]) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = train(model, out.path(), args);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for message in messages {
+        assert!(stderr.contains(message), "{stderr}");
+    }
+    assert!(
+        !out.path().join("model.toml").exists(),
+        "nothing is written for a refused run"
+    );
 }
 
 #[test]
 fn a_hard_example_stage_continues_a_package_and_says_so() {
     let out = tempfile::tempdir().expect("temp dir");
     let base = ModelPackage::open(demo_segmenter()).expect("demo segmenter");
-    let output = train(&[
+    let stdout = trained(
         "ct-lung-nodule",
-        "--out",
-        out.path().to_str().expect("utf-8 path"),
-        "--init-weights",
-        demo_segmenter().to_str().expect("utf-8 path"),
-        "--studies",
-        "1",
-        "--epochs",
-        "0",
-        "--hard-example-epochs",
-        "1",
-        "--eval-studies",
-        "1",
-        "--min-lung-border-fraction",
-        "0.1",
-        "--model-version",
-        "9.9.9",
-    ]);
-    assert!(
-        output.status.success(),
-        "trainer failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        out.path(),
+        &[
+            "--init-weights",
+            demo_segmenter().to_str().expect("utf-8 path"),
+            "--studies",
+            "1",
+            "--epochs",
+            "0",
+            "--hard-example-epochs",
+            "1",
+            "--eval-studies",
+            "1",
+            "--min-lung-border-fraction",
+            "0.1",
+            "--model-version",
+            "9.9.9",
+        ],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("hard slices added"), "{stdout}");
 
     let package = ModelPackage::open(out.path()).expect("the new package opens");
@@ -79,78 +104,56 @@ fn a_hard_example_stage_continues_a_package_and_says_so() {
 
 #[test]
 fn a_starting_package_of_another_architecture_is_refused() {
-    let out = tempfile::tempdir().expect("temp dir");
     let classifier = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("zoo/chest-xray-findings");
-    let output = train(&[
+    refused(
         "ct-lung-nodule",
-        "--out",
-        out.path().to_str().expect("utf-8 path"),
-        "--init-weights",
-        classifier.to_str().expect("utf-8 path"),
-        "--studies",
-        "1",
-        "--epochs",
-        "0",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("its architecture") && stderr.contains("is not the one trained here"),
-        "{stderr}"
-    );
-    assert!(
-        !out.path().join("model.toml").exists(),
-        "nothing is written for a refused start"
+        &[
+            "--init-weights",
+            classifier.to_str().expect("utf-8 path"),
+            "--studies",
+            "1",
+            "--epochs",
+            "0",
+        ],
+        &["its architecture", "is not the one trained here"],
     );
 }
 
 #[test]
 fn segmenter_flags_are_refused_for_the_classifier() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let output = train(&[
+    refused(
         "chest-xray-findings",
-        "--out",
-        out.path().to_str().expect("utf-8 path"),
-        "--hard-example-epochs",
-        "1",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("are for the segmenter"), "{stderr}");
-    assert!(!out.path().join("model.toml").exists());
+        &["--hard-example-epochs", "1"],
+        &["are for the segmenter"],
+    );
 }
 
 #[test]
 fn the_classifier_trains_on_nodule_crops_and_says_so() {
     let out = tempfile::tempdir().expect("temp dir");
-    let output = train(&[
+    let stdout = trained(
         "chest-xray-findings",
-        "--out",
-        out.path().to_str().expect("utf-8 path"),
-        "--studies",
-        "6",
-        "--epochs",
-        "1",
-        "--batch",
-        "2",
-        "--input-size",
-        "64",
-        // Enough held-out radiographs that each label has both classes (AUC needs both).
-        "--eval-studies",
-        "16",
-        "--nodule-patch-epochs",
-        "1",
-        "--nodule-patch-size",
-        "32",
-        "--nodule-patch-weight",
-        "0.5",
-    ]);
-    assert!(
-        output.status.success(),
-        "trainer failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        out.path(),
+        &[
+            "--studies",
+            "6",
+            "--epochs",
+            "1",
+            "--batch",
+            "2",
+            "--input-size",
+            "64",
+            // Enough held-out radiographs that each label has both classes (AUC needs both).
+            "--eval-studies",
+            "16",
+            "--nodule-patch-epochs",
+            "1",
+            "--nodule-patch-size",
+            "32",
+            "--nodule-patch-weight",
+            "0.5",
+        ],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     // A number, not "-": the six radiographs gave crops of both classes.
     let crop_auc: f64 = stdout
         .lines()
@@ -172,27 +175,23 @@ fn the_classifier_trains_on_nodule_crops_and_says_so() {
     // More whole-radiograph epochs on top of that package: its weights are the start, and
     // the new card says how they were made.
     let continued = tempfile::tempdir().expect("temp dir");
-    let output = train(&[
+    trained(
         "chest-xray-findings",
-        "--out",
-        continued.path().to_str().expect("utf-8 path"),
-        "--init-weights",
-        out.path().to_str().expect("utf-8 path"),
-        "--studies",
-        "4",
-        "--epochs",
-        "1",
-        "--batch",
-        "2",
-        "--input-size",
-        "64",
-        "--eval-studies",
-        "16",
-    ]);
-    assert!(
-        output.status.success(),
-        "trainer failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        continued.path(),
+        &[
+            "--init-weights",
+            out.path().to_str().expect("utf-8 path"),
+            "--studies",
+            "4",
+            "--epochs",
+            "1",
+            "--batch",
+            "2",
+            "--input-size",
+            "64",
+            "--eval-studies",
+            "16",
+        ],
     );
     let next = ModelPackage::open(continued.path()).expect("the continued package opens");
     let next_data = &next.manifest.training.data;
@@ -210,20 +209,16 @@ fn the_classifier_trains_on_nodule_crops_and_says_so() {
 
 #[test]
 fn a_crop_larger_than_the_input_is_refused() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let output = train(&[
+    refused(
         "chest-xray-findings",
-        "--out",
-        out.path().to_str().expect("utf-8 path"),
-        "--input-size",
-        "64",
-        "--nodule-patch-epochs",
-        "1",
-        "--nodule-patch-size",
-        "96",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--nodule-patch-size must be"), "{stderr}");
-    assert!(!out.path().join("model.toml").exists());
+        &[
+            "--input-size",
+            "64",
+            "--nodule-patch-epochs",
+            "1",
+            "--nodule-patch-size",
+            "96",
+        ],
+        &["--nodule-patch-size must be"],
+    );
 }
