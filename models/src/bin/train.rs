@@ -557,9 +557,7 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
         let lr = args.learning_rate
             * 0.5
             * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
-        // The training set's AUC per label as the epoch saw it: a label that stays near 0.5
-        // here is not being learned at all; one high here and low held-out is memorised.
-        let mut epoch_scores: Vec<f32> = Vec::with_capacity(order.len() * 4);
+        // Fresh crops each epoch for --nodule-patch-weight, taken in turn, one batch per step.
         let mixed_patches = (args.nodule_patch_weight > 0.0).then(|| {
             let patches = synthetic::nodule_patches(
                 &examples,
@@ -576,6 +574,9 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
             .iter()
             .flat_map(|(_, order)| order.chunks(args.batch * 4))
             .cycle();
+        // The training set's AUC per label as the epoch saw it: a label that stays near 0.5
+        // here is not being learned at all; one high here and low held-out is memorised.
+        let mut epoch_scores: Vec<f32> = Vec::with_capacity(order.len() * 4);
         let mut epoch_truth: Vec<bool> = Vec::with_capacity(order.len() * 4);
         for batch in order.chunks(args.batch) {
             let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
@@ -623,7 +624,7 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
                 epoch_truth.extend(examples[i].labels.iter().map(|&l| l > 0.5));
             }
             let loss = match (&mixed_patches, patch_batches.next()) {
-                (Some((patches, _)), Some(patch_batch)) if !patch_batch.is_empty() => {
+                (Some((patches, _)), Some(patch_batch)) => {
                     let (patch_loss, _) =
                         nodule_patch_loss(&model, patches, patch_batch, nodule_output, &device);
                     loss + patch_loss.mul_scalar(args.nodule_patch_weight)
