@@ -128,6 +128,19 @@ fn segmenter_flags_are_refused_for_the_classifier() {
     );
 }
 
+/// A classifier run a test can afford: one epoch of batches of 2 at 64 pixels, and enough
+/// held-out radiographs that each label has both classes (AUC needs both).
+const SMALL_CLASSIFIER_RUN: [&str; 8] = [
+    "--epochs",
+    "1",
+    "--batch",
+    "2",
+    "--input-size",
+    "64",
+    "--eval-studies",
+    "16",
+];
+
 #[test]
 fn the_classifier_trains_on_nodule_crops_and_says_so() {
     let out = tempfile::tempdir().expect("temp dir");
@@ -135,24 +148,19 @@ fn the_classifier_trains_on_nodule_crops_and_says_so() {
         "chest-xray-findings",
         out.path(),
         &[
-            "--studies",
-            "6",
-            "--epochs",
-            "1",
-            "--batch",
-            "2",
-            "--input-size",
-            "64",
-            // Enough held-out radiographs that each label has both classes (AUC needs both).
-            "--eval-studies",
-            "16",
-            "--nodule-patch-epochs",
-            "1",
-            "--nodule-patch-size",
-            "32",
-            "--nodule-patch-weight",
-            "0.5",
-        ],
+            SMALL_CLASSIFIER_RUN.as_slice(),
+            &[
+                "--studies",
+                "6",
+                "--nodule-patch-epochs",
+                "1",
+                "--nodule-patch-size",
+                "32",
+                "--nodule-patch-weight",
+                "0.5",
+            ],
+        ]
+        .concat(),
     );
     // A number, not "-": the six radiographs gave crops of both classes.
     let crop_auc: f64 = stdout
@@ -179,19 +187,15 @@ fn the_classifier_trains_on_nodule_crops_and_says_so() {
         "chest-xray-findings",
         continued.path(),
         &[
-            "--init-weights",
-            out.path().to_str().expect("utf-8 path"),
-            "--studies",
-            "4",
-            "--epochs",
-            "1",
-            "--batch",
-            "2",
-            "--input-size",
-            "64",
-            "--eval-studies",
-            "16",
-        ],
+            SMALL_CLASSIFIER_RUN.as_slice(),
+            &[
+                "--init-weights",
+                out.path().to_str().expect("utf-8 path"),
+                "--studies",
+                "4",
+            ],
+        ]
+        .concat(),
     );
     let next = ModelPackage::open(continued.path()).expect("the continued package opens");
     let next_data = &next.manifest.training.data;

@@ -454,7 +454,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
                 if args.nodule_patch_weight > 0.0 {
                     format!(
                         "; each whole-radiograph step also trained the nodule output on {} crops of {} pixels (half holding a nodule) at weight {}",
-                        args.batch * 4,
+                        crop_batch_size(args),
                         args.nodule_patch_size,
                         args.nodule_patch_weight
                     )
@@ -553,26 +553,13 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
         order.shuffle(&mut rng);
         let batches = order.len().div_ceil(args.batch);
         let bar = progress(batches as u64, &format!("epoch {}/{epochs}", epoch + 1));
-        // Cosine decay: large steps early, fine ones at the end.
-        let lr = args.learning_rate
-            * 0.5
-            * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        let lr = cosine_lr(args.learning_rate, epoch, epochs);
         // Fresh crops each epoch for --nodule-patch-weight, taken in turn, one batch per step.
-        let mixed_patches = (args.nodule_patch_weight > 0.0).then(|| {
-            let patches = synthetic::nodule_patches(
-                &examples,
-                [rows, columns],
-                args.nodule_patch_size,
-                args.nodule_patches_per_image,
-                &mut rng,
-            );
-            let mut order: Vec<usize> = (0..patches.labels.len()).collect();
-            order.shuffle(&mut rng);
-            (patches, order)
-        });
+        let mixed_patches = (args.nodule_patch_weight > 0.0)
+            .then(|| shuffled_crops(args, &examples, [rows, columns], &mut rng));
         let mut patch_batches = mixed_patches
             .iter()
-            .flat_map(|(_, order)| order.chunks(args.batch * 4))
+            .flat_map(|(_, order)| order.chunks(crop_batch_size(args)))
             .cycle();
         // The training set's AUC per label as the epoch saw it: a label that stays near 0.5
         // here is not being learned at all; one high here and low held-out is memorised.
@@ -671,8 +658,7 @@ fn train_classifier(args: &TrainArgs, command: &str) -> Result<()> {
 }
 
 /// The first stage of `--nodule-patch-epochs`: the nodule output alone, on crops. The crops
-/// are drawn again each epoch, so the network sees each nodule from other windows. Four times
-/// `--batch` crops per step: a 64-pixel crop costs 1/16 of a 256-pixel radiograph.
+/// are drawn again each epoch, so the network sees each nodule from other windows.
 fn train_on_nodule_patches(
     args: &TrainArgs,
     mut model: DenseNet,
@@ -685,23 +671,13 @@ fn train_on_nodule_patches(
     let mut optimizer = AdamConfig::new().init();
     let epochs = args.nodule_patch_epochs;
     for epoch in 0..epochs {
-        let patches = synthetic::nodule_patches(
-            examples,
-            size,
-            args.nodule_patch_size,
-            args.nodule_patches_per_image,
-            rng,
-        );
-        let mut order: Vec<usize> = (0..patches.labels.len()).collect();
-        order.shuffle(rng);
-        let batch_size = args.batch * 4;
+        let (patches, order) = shuffled_crops(args, examples, size, rng);
+        let batch_size = crop_batch_size(args);
         let bar = progress(
             order.len().div_ceil(batch_size) as u64,
             &format!("nodule crops, epoch {}/{epochs}", epoch + 1),
         );
-        let lr = args.learning_rate
-            * 0.5
-            * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        let lr = cosine_lr(args.learning_rate, epoch, epochs);
         let (mut scores, mut truth) = (Vec::new(), Vec::new());
         for batch in order.chunks(batch_size) {
             truth.extend(batch.iter().map(|&i| patches.labels[i] > 0.5));
@@ -720,6 +696,37 @@ fn train_on_nodule_patches(
         );
     }
     Ok(model)
+}
+
+/// Cosine decay from `base` over `epochs`: large steps early, fine ones at the end.
+fn cosine_lr(base: f64, epoch: usize, epochs: usize) -> f64 {
+    base * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos())
+}
+
+/// Crops per step of either crop stage: four times `--batch`, since a 64-pixel crop costs
+/// 1/16 of a 256-pixel radiograph.
+fn crop_batch_size(args: &TrainArgs) -> usize {
+    args.batch * 4
+}
+
+/// One epoch's crops (`synthetic::nodule_patches` with the crop flags) and the order to take
+/// them in.
+fn shuffled_crops(
+    args: &TrainArgs,
+    examples: &[synthetic::XrayExample],
+    size: [usize; 2],
+    rng: &mut ChaCha8Rng,
+) -> (synthetic::NodulePatches, Vec<usize>) {
+    let patches = synthetic::nodule_patches(
+        examples,
+        size,
+        args.nodule_patch_size,
+        args.nodule_patches_per_image,
+        rng,
+    );
+    let mut order: Vec<usize> = (0..patches.labels.len()).collect();
+    order.shuffle(rng);
+    (patches, order)
 }
 
 /// The nodule output's loss on the crops `batch` indexes, and its logits.
@@ -1002,7 +1009,7 @@ fn fit_segmenter(
         order.shuffle(rng);
         let batches = order.len().div_ceil(batch_size);
         let bar = progress(batches as u64, &format!("{stage} {}/{epochs}", epoch + 1));
-        let lr = lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos());
+        let lr = cosine_lr(lr, epoch, epochs);
         for batch in order.chunks(batch_size) {
             let mut pixels = Vec::with_capacity(batch.len() * rows * columns);
             let mut masks = Vec::with_capacity(batch.len() * rows * columns);
