@@ -16,9 +16,10 @@ use crate::preprocess::{self, PreprocessError, SourceImage};
 /// The chest radiograph labels, in the classifier's output order.
 pub const XRAY_LABELS: [XrayLabel; 4] = XrayLabel::ALL;
 
-/// Edge of the rendered radiographs (a 358 mm field, as the generator's default).
+/// Edge of the rendered radiographs (pixels; the generator's default field below).
 pub const XRAY_RENDER_EDGE: u32 = 512;
-const XRAY_FIELD_MM: f64 = 358.4;
+/// Their field of view (mm), square.
+pub const XRAY_FIELD_MM: f64 = 358.4;
 /// Their pixel spacing (mm).
 const XRAY_PIXEL_MM: f64 = XRAY_FIELD_MM / XRAY_RENDER_EDGE as f64;
 
