@@ -338,7 +338,8 @@ fn stored_studies_become_findings_sr_and_seg() {
         } else {
             // Radiographs: the labels whose held-out AUC is 1.0 on the model card
             // (consolidation, effusion, cardiomegaly) agree with the truth; the nodule label
-            // (AUC 0.53, a known shortfall of the demo model) is reported, not asserted.
+            // (below the project's AUC target on the card, small nodules most) is reported,
+            // not asserted.
             let present: BTreeSet<&str> = truth["radiograph"]["findings"]
                 .as_array()
                 .unwrap()
