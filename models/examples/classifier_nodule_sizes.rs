@@ -11,8 +11,9 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use radserve_models::architecture::NetworkOutput;
+use radserve_models::evaluate::classify;
 use radserve_models::metrics::roc_auc;
-use radserve_models::model::{LoadedModel, Prediction};
+use radserve_models::model::LoadedModel;
 use radserve_models::package::{ModelPackage, load_network};
 use radserve_models::synthetic::{self, XRAY_FIELD_MM, XrayExample};
 use rand::SeedableRng;
@@ -22,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 const BANDS_MM: [f64; 5] = [12.0, 16.0, 20.0, 25.0, f64::INFINITY];
 /// Edge of the crops (pixels of the network's input), as the trainer's crop stage.
 const CROP_EDGE: usize = 64;
-/// Images per forward pass.
+/// Images per forward pass, as `evaluate::classify` runs them (crops: four times as many).
 const BATCH: usize = 8;
 
 /// A nodule score and the diameter (mm) of the nodule, when there is one.
@@ -44,21 +45,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .position(|l| l.name == "nodule")
         .ok_or("the package has no nodule label")?;
-    let labels = manifest.output.labels.len();
-    let [rows, columns] = manifest.input.target_size;
     let examples = synthetic::xray_examples(seed, count, &manifest.input)?;
-    let mut whole: Vec<Scored> = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(BATCH) {
-        let data: Vec<f32> = chunk.iter().flat_map(|e| e.image.iter().copied()).collect();
-        let Prediction::Probabilities { values, .. } =
-            model.predict(TensorData::new(data, [chunk.len(), 1, rows, columns]))?
-        else {
-            return Err("the package is not a classifier".into());
-        };
-        for (i, example) in chunk.iter().enumerate() {
-            whole.push((values[i * labels + nodule], diameter_mm(example)));
-        }
-    }
+    let whole: Vec<Scored> = examples
+        .iter()
+        .zip(classify(&model, &examples)?)
+        .map(|(example, probabilities)| (probabilities[nodule], diameter_mm(example)))
+        .collect();
     let crops = crop_scores(&model, &examples, nodule)?;
     println!(
         "| nodule box (mm) | nodules | AUC, whole radiographs ({} without a nodule) | AUC, crops ({} without) |",

@@ -45,21 +45,13 @@ pub fn evaluate_classifier(
 ) -> Result<ClassifierMetrics, EvaluateError> {
     let manifest = &model.package.manifest;
     let examples = synthetic::xray_examples(seed, count, &manifest.input)?;
-    let [rows, columns] = manifest.input.target_size;
     let labels = manifest.output.labels.len();
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); labels];
     let mut truth: Vec<Vec<bool>> = vec![Vec::new(); labels];
-    for chunk in examples.chunks(EVAL_BATCH) {
-        let data: Vec<f32> = chunk.iter().flat_map(|e| e.image.iter().copied()).collect();
-        let images = TensorData::new(data, [chunk.len(), 1, rows, columns]);
-        let Prediction::Probabilities { values, .. } = model.predict(images)? else {
-            return Err(EvaluateError::Data("the classifier gave masks".into()));
-        };
-        for (i, example) in chunk.iter().enumerate() {
-            for label in 0..labels {
-                scores[label].push(values[i * labels + label]);
-                truth[label].push(example.labels.get(label).copied().unwrap_or(0.0) > 0.5);
-            }
+    for (example, probabilities) in examples.iter().zip(classify(model, &examples)?) {
+        for label in 0..labels {
+            scores[label].push(probabilities[label]);
+            truth[label].push(example.labels.get(label).copied().unwrap_or(0.0) > 0.5);
         }
     }
     let mut auc = BTreeMap::new();
@@ -76,6 +68,25 @@ pub fn evaluate_classifier(
         images: examples.len(),
         auc,
     })
+}
+
+/// The classifier's probability per label (in the package's order) for each of `examples`,
+/// run in batches.
+pub fn classify(
+    model: &LoadedModel,
+    examples: &[synthetic::XrayExample],
+) -> Result<Vec<Vec<f32>>, EvaluateError> {
+    let [rows, columns] = model.package.manifest.input.target_size;
+    let mut probabilities = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(EVAL_BATCH) {
+        let data: Vec<f32> = chunk.iter().flat_map(|e| e.image.iter().copied()).collect();
+        let images = TensorData::new(data, [chunk.len(), 1, rows, columns]);
+        let Prediction::Probabilities { labels, values } = model.predict(images)? else {
+            return Err(EvaluateError::Data("the classifier gave masks".into()));
+        };
+        probabilities.extend(values.chunks(labels).map(<[f32]>::to_vec));
+    }
+    Ok(probabilities)
 }
 
 #[derive(Debug, Clone, Serialize)]
