@@ -56,12 +56,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             n.diameter_mm >= DETECTION_MIN_DIAMETER_MM
                 && !scan.components.iter().any(|c| hits_nodule(c.center_mm, n))
         }) {
-            println!("| {i} | missed: a {:.1} mm nodule | | | | |", n.diameter_mm);
+            println!(
+                "| {i} | missed: a {:.1} mm {:?} nodule, solid part {:.0} HU, slices {}–{} | | | | |",
+                n.diameter_mm, n.kind, n.solid_hu, n.slice_range[0], n.slice_range[1]
+            );
         }
     }
     let dice = overlap.dice().unwrap_or(0.0);
     let cell = |rules: ComponentOptions| {
-        let m = score_detection(&segmented, dice, &rules);
+        let m = score_detection(&segmented, dice, &rules, None);
         format!("{:.3} / {:.2}", m.sensitivity, m.false_positives_per_scan)
     };
     let ratios = [0.0, 0.2, 0.25, 0.3, 0.35, 0.4];

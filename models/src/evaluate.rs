@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use burn::tensor::TensorData;
 use serde::Serialize;
 
+use crate::candidate_filter::{HuSampler, PatchSpec, orthogonal_patch};
 use crate::metrics::{Overlap, roc_auc};
 use crate::model::{LoadedModel, ModelError, Prediction};
+use crate::package::InputSpec;
 use crate::postprocess::{self, ComponentOptions, MaskVolume, SliceGeometry};
 use crate::preprocess::PreprocessError;
 use crate::synthetic;
@@ -105,15 +107,17 @@ pub struct SegmentationMetrics {
 
 /// One held-out scan as the segmenter saw it: every component it produced (only the
 /// package's minimum volume applied, so that other component rules can be tried on the
-/// same run) and the truth.
+/// same run), the candidate reviewer's score of each (empty without a reviewer) and the truth.
 #[derive(Debug, Clone)]
 pub struct SegmentedScan {
     pub components: Vec<postprocess::NoduleMeasurement>,
+    pub review_scores: Vec<f32>,
     pub truth: Vec<dicom_samples::ground_truth::NoduleTruth>,
 }
 
 /// Runs the nodule segmenter slice by slice on `scans` phantoms drawn from `seed`, scores
-/// it with the package's component rules ([`crate::package::OutputSpec::component_options`]).
+/// it with the package's component rules ([`crate::package::OutputSpec::component_options`])
+/// and its candidate reviewer's threshold.
 pub fn evaluate_segmenter(
     model: &LoadedModel,
     seed: u64,
@@ -125,7 +129,100 @@ pub fn evaluate_segmenter(
         &segmented,
         overlap.dice().unwrap_or(0.0),
         &options,
+        model.candidate_filter().map(|f| f.threshold()),
     ))
+}
+
+/// A phantom's slices as the segmenter masked them, with their Hounsfield units and geometry.
+#[derive(Debug, Clone)]
+pub struct SegmentedVolume {
+    pub rows: usize,
+    pub columns: usize,
+    pub geometry: Vec<SliceGeometry>,
+    pub mask: Vec<u8>,
+    pub hu: Vec<f32>,
+}
+
+impl SegmentedVolume {
+    pub fn volume(&self) -> MaskVolume<'_> {
+        MaskVolume {
+            rows: self.rows,
+            columns: self.columns,
+            slices: &self.geometry,
+            mask: &self.mask,
+            hu: &self.hu,
+        }
+    }
+}
+
+/// Runs the segmenter on every slice of `phantom` at the package's threshold, adding the
+/// voxel overlap with the truth to `overlap`.
+pub fn segment_phantom(
+    model: &LoadedModel,
+    phantom: &dicom_samples::ct::CtPhantom,
+    overlap: &mut Overlap,
+) -> Result<SegmentedVolume, EvaluateError> {
+    let manifest = &model.package.manifest;
+    let [target_rows, target_columns] = manifest.input.target_size;
+    let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
+    let g = &phantom.geometry;
+    let (rows, columns) = (g.rows as usize, g.columns as usize);
+    let mut mask = Vec::with_capacity(rows * columns * g.slices);
+    let mut hu = Vec::with_capacity(rows * columns * g.slices);
+    let indices: Vec<usize> = (0..g.slices).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let mut data = Vec::with_capacity(chunk.len() * target_rows * target_columns);
+        for &index in chunk {
+            let example = synthetic::ct_slice_example(phantom, index, &manifest.input)?;
+            data.extend_from_slice(&example.image);
+        }
+        let images = TensorData::new(data, [chunk.len(), 1, target_rows, target_columns]);
+        let Prediction::Masks { values, .. } = model.predict(images)? else {
+            return Err(EvaluateError::Data("the segmenter gave scores".into()));
+        };
+        for (i, &index) in chunk.iter().enumerate() {
+            let plane =
+                &values[i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
+            let full = crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
+            let predicted: Vec<bool> = full.iter().map(|&p| p >= threshold).collect();
+            let truth: Vec<bool> = phantom.nodule_mask(index).iter().map(|&m| m > 0).collect();
+            overlap.add(&predicted, &truth);
+            mask.extend(predicted.iter().map(|&m| u8::from(m)));
+            hu.extend(phantom.render_slice_hu(index));
+        }
+    }
+    let geometry = (0..g.slices)
+        .map(|i| SliceGeometry {
+            position_mm: g.slice_position(i),
+            row_direction: [1.0, 0.0, 0.0],
+            column_direction: [0.0, 1.0, 0.0],
+            pixel_spacing_mm: [g.pixel_spacing_mm, g.pixel_spacing_mm],
+        })
+        .collect();
+    Ok(SegmentedVolume {
+        rows,
+        columns,
+        geometry,
+        mask,
+        hu,
+    })
+}
+
+/// The reviewer's input (`patch` sampled, then `input`'s intensity and normalisation) for
+/// each of `centres` in `volume`, laid end to end.
+pub fn candidate_patches(
+    patch: PatchSpec,
+    input: &InputSpec,
+    volume: MaskVolume<'_>,
+    centres: &[[f64; 3]],
+) -> Result<Vec<f32>, EvaluateError> {
+    let sampler = HuSampler::new(volume).map_err(|e| EvaluateError::Data(e.to_string()))?;
+    let mut patches = Vec::with_capacity(centres.len() * patch.len());
+    for &centre in centres {
+        orthogonal_patch(&sampler, centre, patch, input, &mut patches)
+            .map_err(|e| EvaluateError::Data(e.to_string()))?;
+    }
+    Ok(patches)
 }
 
 /// The segmenter's components and the truth of `scans` phantoms from `seed`, and the voxel
@@ -135,12 +232,13 @@ pub fn segment_scans(
     seed: u64,
     scans: usize,
 ) -> Result<(Vec<SegmentedScan>, Overlap), EvaluateError> {
-    let slices = synthetic::CT_SLICES;
-    let manifest = &model.package.manifest;
-    let [target_rows, target_columns] = manifest.input.target_size;
-    let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
     let options = ComponentOptions {
-        min_volume_mm3: manifest.output.component_options().min_volume_mm3,
+        min_volume_mm3: model
+            .package
+            .manifest
+            .output
+            .component_options()
+            .min_volume_mm3,
         ..ComponentOptions::default()
     };
     let mut overlap = Overlap::default();
@@ -148,53 +246,23 @@ pub fn segment_scans(
     let mut scan_seed = seed;
     while segmented.len() < scans {
         scan_seed += 1;
-        let Some(phantom) = synthetic::ct_phantom(scan_seed, slices) else {
+        let Some(phantom) = synthetic::ct_phantom(scan_seed, synthetic::CT_SLICES) else {
             continue;
         };
-        let g = &phantom.geometry;
-        let (rows, columns) = (g.rows as usize, g.columns as usize);
-        let mut predicted = Vec::with_capacity(rows * columns * g.slices);
-        let mut hu = Vec::with_capacity(rows * columns * g.slices);
-        let indices: Vec<usize> = (0..g.slices).collect();
-        for chunk in indices.chunks(EVAL_BATCH) {
-            let mut data = Vec::with_capacity(chunk.len() * target_rows * target_columns);
-            for &index in chunk {
-                let example = synthetic::ct_slice_example(&phantom, index, &manifest.input)?;
-                data.extend_from_slice(&example.image);
+        let volume = segment_phantom(model, &phantom, &mut overlap)?;
+        let components = postprocess::measure_nodules(&volume.volume(), &options)?;
+        let review_scores = match model.candidate_filter() {
+            Some(filter) => {
+                let centres: Vec<[f64; 3]> = components.iter().map(|c| c.center_mm).collect();
+                let input = &filter.model.package.manifest.input;
+                let patches = candidate_patches(filter.patch, input, volume.volume(), &centres)?;
+                filter.score(&patches, centres.len())?
             }
-            let images = TensorData::new(data, [chunk.len(), 1, target_rows, target_columns]);
-            let Prediction::Masks { values, .. } = model.predict(images)? else {
-                return Err(EvaluateError::Data("the segmenter gave scores".into()));
-            };
-            for (i, &index) in chunk.iter().enumerate() {
-                let plane = &values
-                    [i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
-                let full =
-                    crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
-                let mask: Vec<bool> = full.iter().map(|&p| p >= threshold).collect();
-                let truth: Vec<bool> = phantom.nodule_mask(index).iter().map(|&m| m > 0).collect();
-                overlap.add(&mask, &truth);
-                predicted.extend(mask.iter().map(|&m| u8::from(m)));
-                hu.extend(phantom.render_slice_hu(index));
-            }
-        }
-        let geometry: Vec<SliceGeometry> = (0..g.slices)
-            .map(|i| SliceGeometry {
-                position_mm: g.slice_position(i),
-                row_direction: [1.0, 0.0, 0.0],
-                column_direction: [0.0, 1.0, 0.0],
-                pixel_spacing_mm: [g.pixel_spacing_mm, g.pixel_spacing_mm],
-            })
-            .collect();
-        let volume = MaskVolume {
-            rows,
-            columns,
-            slices: &geometry,
-            mask: &predicted,
-            hu: &hu,
+            None => Vec::new(),
         };
         segmented.push(SegmentedScan {
-            components: postprocess::measure_nodules(&volume, &options)?,
+            components,
+            review_scores,
             truth: phantom.nodule_truth(),
         });
     }
@@ -216,6 +284,7 @@ pub fn score_detection(
     segmented: &[SegmentedScan],
     dice: f64,
     rules: &ComponentOptions,
+    review_threshold: Option<f64>,
 ) -> SegmentationMetrics {
     let min_diameter_mm = DETECTION_MIN_DIAMETER_MM;
     let (mut nodules, mut hits, mut false_positives) = (0usize, 0usize, 0usize);
@@ -223,7 +292,16 @@ pub fn score_detection(
         let found: Vec<_> = scan
             .components
             .iter()
-            .filter(|c| rules.keeps(c.volume_mm3, c.lung_border_fraction, c.through_plane_ratio))
+            .enumerate()
+            .filter(|(i, c)| {
+                let reviewed = match (review_threshold, scan.review_scores.get(*i)) {
+                    (Some(threshold), Some(&score)) => f64::from(score) >= threshold,
+                    _ => true,
+                };
+                reviewed
+                    && rules.keeps(c.volume_mm3, c.lung_border_fraction, c.through_plane_ratio)
+            })
+            .map(|(_, c)| c)
             .collect();
         for n in scan
             .truth

@@ -6,6 +6,7 @@
 //! the server.
 
 pub mod architecture;
+pub mod candidate_filter;
 pub mod device;
 pub mod evaluate;
 pub mod metrics;

@@ -4,6 +4,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::architecture::{InputError, Network, NetworkOutput};
+use crate::candidate_filter::{MAX_CANDIDATES, PATCH_PLANES, PatchSpec, REVIEW_BATCH};
 use crate::package::{self, ModelPackage, PackageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,62 @@ pub struct LoadedModel {
     pub package: ModelPackage,
     network: Network,
     device: Device,
+    /// The candidate reviewer a segmentation package names, on the same device.
+    candidate_filter: Option<CandidateFilter>,
+}
+
+/// A segmenter's candidate reviewer (see [`crate::candidate_filter`]).
+#[derive(Debug)]
+pub struct CandidateFilter {
+    pub model: Box<LoadedModel>,
+    pub patch: PatchSpec,
+}
+
+impl CandidateFilter {
+    /// Components scoring at or above this stay.
+    pub fn threshold(&self) -> f64 {
+        self.model
+            .package
+            .manifest
+            .output
+            .labels
+            .first()
+            .map_or(0.5, |l| l.threshold)
+    }
+
+    /// Scores `count` patches laid end to end in `patches` (each [`PatchSpec::len`] values),
+    /// in batches of [`REVIEW_BATCH`], the last one padded.
+    pub fn score(&self, patches: &[f32], count: usize) -> Result<Vec<f32>, ModelError> {
+        let per = self.patch.len();
+        if patches.len() != per * count || count > MAX_CANDIDATES {
+            return Err(self.model.layout_error(
+                vec![count, PATCH_PLANES, self.patch.edge, self.patch.edge],
+                DType::F32,
+            ));
+        }
+        let mut scores = Vec::with_capacity(count);
+        for chunk in patches.chunks(per * REVIEW_BATCH) {
+            let real = chunk.len() / per;
+            let mut data = chunk.to_vec();
+            data.resize(per * REVIEW_BATCH, 0.0);
+            let images = TensorData::new(
+                data,
+                [REVIEW_BATCH, PATCH_PLANES, self.patch.edge, self.patch.edge],
+            );
+            match self.model.predict(images)? {
+                Prediction::Probabilities { values, labels } => {
+                    scores.extend(values.iter().step_by(labels.max(1)).take(real));
+                }
+                Prediction::Masks { .. } => {
+                    return Err(ModelError::Readback {
+                        model: self.model.name().to_string(),
+                        message: "the candidate filter gave masks, not scores".into(),
+                    });
+                }
+            }
+        }
+        Ok(scores)
+    }
 }
 
 impl LoadedModel {
@@ -62,10 +119,18 @@ impl LoadedModel {
         warm_batch_sizes: &[usize],
     ) -> Result<Self, ModelError> {
         let network = package::load_network(&package, device)?;
+        let candidate_filter = match package.candidate_filter()? {
+            Some((filter, patch)) => Some(CandidateFilter {
+                model: Box::new(LoadedModel::load(filter, device, &[REVIEW_BATCH])?),
+                patch,
+            }),
+            None => None,
+        };
         let model = LoadedModel {
             package,
             network,
             device: device.clone(),
+            candidate_filter,
         };
         for &batch in warm_batch_sizes {
             let [rows, columns] = model.package.manifest.input.target_size;
@@ -79,6 +144,11 @@ impl LoadedModel {
 
     pub fn name(&self) -> &str {
         &self.package.manifest.model.name
+    }
+
+    /// The reviewer of a segmenter's components, when its package names one.
+    pub fn candidate_filter(&self) -> Option<&CandidateFilter> {
+        self.candidate_filter.as_ref()
     }
 
     pub fn device(&self) -> &Device {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::architecture::{ArchitectureConfig, ConfigError, OutputKind};
+use crate::candidate_filter::PatchSpec;
 use crate::weights::{self, WeightFormat, WeightsError};
 
 /// The package manifest's file name.
@@ -101,6 +102,21 @@ pub struct OutputSpec {
     /// absent, components of at least [`DEFAULT_MIN_COMPONENT_VOLUME_MM3`] are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub components: Option<crate::postprocess::ComponentOptions>,
+    /// Segmentation: a classifier that reviews each kept component in 3D and drops those it
+    /// scores below its label's threshold (`[output.candidate_filter]`; see
+    /// [`crate::candidate_filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_filter: Option<CandidateFilterSpec>,
+}
+
+/// Where a segmentation package's candidate reviewer is and how its patches are sampled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateFilterSpec {
+    /// Sub-directory of this package holding the reviewer's own package (one plain name).
+    pub package: String,
+    /// Spacing of the patch samples (mm); the edge is the reviewer's `input.target_size`.
+    pub patch_spacing_mm: f64,
 }
 
 /// Components smaller than this (mm³) are specks, when the package says nothing.
@@ -241,6 +257,40 @@ impl ModelPackage {
         })
     }
 
+    /// The candidate reviewer's package, when the manifest names one; it must be a
+    /// three-channel classifier with one output over a HU clip.
+    pub fn candidate_filter(&self) -> Result<Option<(ModelPackage, PatchSpec)>, PackageError> {
+        let Some(spec) = &self.manifest.output.candidate_filter else {
+            return Ok(None);
+        };
+        let filter = ModelPackage::open(self.directory.join(&spec.package))?;
+        let m = &filter.manifest;
+        let [rows, columns] = m.input.target_size;
+        let fits = m.output.kind == OutputTask::MultiLabel
+            && m.architecture.in_channels() == crate::candidate_filter::PATCH_PLANES
+            && m.output.labels.len() == 1
+            && rows == columns
+            && matches!(m.input.intensity, Intensity::HuClip { .. });
+        if !fits {
+            return Err(PackageError::Spec {
+                path: filter.directory.join(MANIFEST),
+                message: format!(
+                    "a candidate filter must be a classifier with {} input channels, one label, a square input and a hu_clip intensity",
+                    crate::candidate_filter::PATCH_PLANES
+                ),
+            });
+        }
+        let patch = PatchSpec {
+            edge: rows,
+            spacing_mm: spec.patch_spacing_mm,
+        };
+        patch.validate().map_err(|e| PackageError::Spec {
+            path: filter.directory.join(MANIFEST),
+            message: e.to_string(),
+        })?;
+        Ok(Some((filter, patch)))
+    }
+
     pub fn weights_path(&self) -> PathBuf {
         self.directory.join(&self.manifest.weights.file)
     }
@@ -341,6 +391,30 @@ fn validate(manifest: &Manifest, path: &Path) -> Result<(), PackageError> {
         }
         c.validate()
             .map_err(|e| spec(format!("output.components: {e}")))?;
+    }
+    if let Some(filter) = &manifest.output.candidate_filter {
+        if manifest.output.kind != OutputTask::Segmentation {
+            return Err(spec(
+                "output.candidate_filter applies to segmentation models only".into(),
+            ));
+        }
+        let plain = !filter.package.is_empty()
+            && filter
+                .package
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return Err(spec(format!(
+                "output.candidate_filter.package `{}` must be one sub-directory name (ASCII letters, digits, '-', '_')",
+                filter.package
+            )));
+        }
+        if !(filter.patch_spacing_mm.is_finite() && (0.05..=20.0).contains(&filter.patch_spacing_mm)) {
+            return Err(spec(format!(
+                "output.candidate_filter.patch_spacing_mm {} is outside 0.05..=20",
+                filter.patch_spacing_mm
+            )));
+        }
     }
     let expected_task = match manifest.architecture.output_kind() {
         OutputKind::Scores => OutputTask::MultiLabel,

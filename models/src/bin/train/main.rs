@@ -38,6 +38,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+mod candidate_filter;
+
 #[derive(Parser)]
 #[command(about = "Train radserve's demo models on synthetic studies")]
 struct Cli {
@@ -51,6 +53,9 @@ enum DemoModel {
     ChestXrayFindings(TrainArgs),
     /// 2D U-Net segmenting lung nodules on CT, slice by slice.
     CtLungNodule(TrainArgs),
+    /// The nodule segmenter's candidate reviewer (false-positive reduction), added to a copy
+    /// of a segmentation package.
+    CtCandidateFilter(candidate_filter::FilterArgs),
 }
 
 #[derive(Args, Clone)]
@@ -149,6 +154,9 @@ fn main() -> Result<()> {
     match cli.model {
         DemoModel::ChestXrayFindings(args) => train_classifier(&args, &command_line),
         DemoModel::CtLungNodule(args) => train_segmenter(&args, &command_line),
+        DemoModel::CtCandidateFilter(args) => {
+            candidate_filter::train_candidate_filter(&args, &command_line)
+        }
     }
 }
 
@@ -345,6 +353,12 @@ fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
             c.min_volume_mm3, c.min_lung_border_fraction, c.min_through_plane_ratio
         );
     }
+    if let Some(filter) = &manifest.output.candidate_filter {
+        card += &format!(
+            "\nEach kept component is then reviewed by the classifier in `{}/` (its own model card): three orthogonal planes through the component's centre, samples {} mm apart; components it scores below its threshold are dropped (`[output.candidate_filter]`).\n",
+            filter.package, filter.patch_spacing_mm
+        );
+    }
     // A TOML block, as in model.toml: a nested table (the pooling) reads wrongly on one line.
     card += &format!(
         "\n## Architecture\n```toml\n{}```\n{} bytes of burnpack weights, SHA-256 `{}`\n",
@@ -422,6 +436,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
             slice_by_slice: false,
         },
         output: OutputSpec {
+            candidate_filter: None,
             kind: OutputTask::MultiLabel,
             labels: vec![
                 label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure")),
@@ -826,6 +841,7 @@ fn segmenter_manifest(
             slice_by_slice: true,
         },
         output: OutputSpec {
+            candidate_filter: None,
             kind: OutputTask::Segmentation,
             labels: vec![label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))],
             // Rules only when asked for (MODEL_CARD.md says which were chosen and why).
