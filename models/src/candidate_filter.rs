@@ -31,9 +31,13 @@ const OUTSIDE_HU: f32 = -1000.0;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CandidateError {
-    #[error("the candidate reviewer's input must be a HU clip (`[input.intensity] kind = \"hu_clip\"`)")]
+    #[error(
+        "the candidate reviewer's input must be a HU clip (`[input.intensity] kind = \"hu_clip\"`)"
+    )]
     NotHuClip,
-    #[error("patch edge {edge} and spacing {spacing_mm} mm: need an edge of 8..=256 and a spacing of 0.05..=20 mm")]
+    #[error(
+        "patch edge {edge} and spacing {spacing_mm} mm: need an edge of 8..=256 and a spacing of 0.05..=20 mm"
+    )]
     BadPatch { edge: usize, spacing_mm: f64 },
     #[error("the volume holds {values} HU values for {slices} slices of {rows}×{columns}")]
     VolumeMismatch {
@@ -320,7 +324,11 @@ mod tests {
         for plane in 0..3 {
             let p = &patch[plane * 256..(plane + 1) * 256];
             // Samples at ±0.5 mm around the middle lie inside the ball.
-            assert!((p[7 * 16 + 7] - TISSUE).abs() < 1e-4, "plane {plane}: {}", p[7 * 16 + 7]);
+            assert!(
+                (p[7 * 16 + 7] - TISSUE).abs() < 1e-4,
+                "plane {plane}: {}",
+                p[7 * 16 + 7]
+            );
             assert!(p[0].abs() < 1e-4, "plane {plane} corner: {}", p[0]);
         }
     }
@@ -334,7 +342,10 @@ mod tests {
         let axial = &patch[..256];
         // Column 3 is 4.5 mm left of the patch centre: 0.5 mm from the ball's centre.
         assert!((axial[7 * 16 + 3] - TISSUE).abs() < 1e-4);
-        assert!(axial[7 * 16 + 12].abs() < 1e-4, "right of the centre is air");
+        assert!(
+            axial[7 * 16 + 12].abs() < 1e-4,
+            "right of the centre is air"
+        );
         let sagittal = &patch[512..];
         let tissue = sagittal.iter().filter(|&&v| v > TISSUE / 2.0).count();
         let axial_tissue = axial.iter().filter(|&&v| v > TISSUE / 2.0).count();
@@ -346,7 +357,10 @@ mod tests {
         let centre = [20.0, 20.0, 20.0];
         let (up, hu_up) = ball_volume(41, 1.0, false, centre);
         let (down, hu_down) = ball_volume(41, 1.0, true, centre);
-        assert_eq!(patch_of(&up, &hu_up, centre), patch_of(&down, &hu_down, centre));
+        assert_eq!(
+            patch_of(&up, &hu_up, centre),
+            patch_of(&down, &hu_down, centre)
+        );
         // 2.5 mm slices: the through-plane planes are interpolated, the axial one is not.
         let (thick, hu_thick) = ball_volume(17, 2.5, false, centre);
         let patch = patch_of(&thick, &hu_thick, centre);

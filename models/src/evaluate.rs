@@ -298,8 +298,7 @@ pub fn score_detection(
                     (Some(threshold), Some(&score)) => f64::from(score) >= threshold,
                     _ => true,
                 };
-                reviewed
-                    && rules.keeps(c.volume_mm3, c.lung_border_fraction, c.through_plane_ratio)
+                reviewed && rules.keeps(c.volume_mm3, c.lung_border_fraction, c.through_plane_ratio)
             })
             .map(|(_, c)| c)
             .collect();

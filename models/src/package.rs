@@ -409,7 +409,9 @@ fn validate(manifest: &Manifest, path: &Path) -> Result<(), PackageError> {
                 filter.package
             )));
         }
-        if !(filter.patch_spacing_mm.is_finite() && (0.05..=20.0).contains(&filter.patch_spacing_mm)) {
+        if !(filter.patch_spacing_mm.is_finite()
+            && (0.05..=20.0).contains(&filter.patch_spacing_mm))
+        {
             return Err(spec(format!(
                 "output.candidate_filter.patch_spacing_mm {} is outside 0.05..=20",
                 filter.patch_spacing_mm

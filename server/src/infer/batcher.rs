@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use radserve_models::candidate_filter::PatchSpec;
+use radserve_models::package::InputSpec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::device::{DeviceBatch, DeviceOutput, DeviceQueue};
+use super::device::{DeviceBatch, DeviceOutput, DeviceQueue, DeviceWork};
 use super::model_input::ModelInput;
 use crate::metrics;
 use crate::store::Priority;
@@ -109,6 +111,20 @@ pub struct Batcher {
     policy: Arc<BatchPolicy>,
     queue: mpsc::UnboundedSender<Pending>,
     places: Arc<Semaphore>,
+    /// For work that skips the batching queue (a scan's candidate patches).
+    device: DeviceQueue,
+    /// How the model's candidate reviewer takes its patches, when it has one.
+    candidate_review: Option<Arc<CandidateReview>>,
+}
+
+/// What the server needs to know of a segmenter's candidate reviewer to make its input and
+/// read its scores (the network itself lives on the device worker).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateReview {
+    pub patch: PatchSpec,
+    pub input: InputSpec,
+    /// Components scoring at or above this stay.
+    pub threshold: f64,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -125,13 +141,20 @@ type Replies = Vec<oneshot::Receiver<Result<ImageOutput, InferError>>>;
 
 impl Batcher {
     /// Starts the batching task; `device` runs the batches (see [`super::device`]).
-    pub fn start(model: &str, policy: BatchPolicy, device: DeviceQueue) -> Batcher {
+    pub fn start(
+        model: &str,
+        policy: BatchPolicy,
+        device: DeviceQueue,
+        candidate_review: Option<CandidateReview>,
+    ) -> Batcher {
         let (queue, incoming) = mpsc::unbounded_channel();
         let batcher = Batcher {
             model: model.into(),
             places: Arc::new(Semaphore::new(policy.max_queue_size)),
             policy: Arc::new(policy),
             queue,
+            device: device.clone(),
+            candidate_review: candidate_review.map(Arc::new),
         };
         tokio::spawn(run_batches(
             batcher.model.clone(),
@@ -140,6 +163,11 @@ impl Batcher {
             device,
         ));
         batcher
+    }
+
+    /// The model's candidate reviewer, when its package names one.
+    pub fn candidate_review(&self) -> Option<&Arc<CandidateReview>> {
+        self.candidate_review.as_ref()
     }
 
     pub fn policy(&self) -> &BatchPolicy {
@@ -196,6 +224,41 @@ impl Batcher {
             outputs.extend(collect(replies, &self.model).await?);
         }
         Ok(outputs)
+    }
+
+    /// Scores `count` candidate patches (laid end to end) with the model's candidate
+    /// reviewer, as one piece of device work: a scan's candidates are a batch already, and
+    /// they come after the scan's slices, so they do not wait behind other images' queue.
+    /// Returns the scores and the device time.
+    pub async fn review_candidates(
+        &self,
+        patches: Vec<f32>,
+        count: usize,
+    ) -> Result<(Vec<f32>, Duration), InferError> {
+        let (done, outcome) = oneshot::channel();
+        let device_error = |message: String| InferError::Device {
+            model: self.model.to_string(),
+            message,
+        };
+        self.device
+            .send(DeviceBatch {
+                model: self.model.to_string(),
+                work: DeviceWork::CandidatePatches { patches, count },
+                done,
+            })
+            .await
+            .map_err(|_| InferError::Stopped(self.model.to_string()))?;
+        let output = outcome
+            .await
+            .map_err(|_| InferError::Stopped(self.model.to_string()))?
+            .map_err(device_error)?;
+        if output.values.len() != count {
+            return Err(device_error(format!(
+                "the candidate filter gave {} scores for {count} candidates",
+                output.values.len()
+            )));
+        }
+        Ok((output.values, output.compute))
     }
 
     fn check_count(&self, images: usize) -> Result<u32, InferError> {
@@ -336,7 +399,7 @@ async fn run_batch(model: &str, batch: Vec<Pending>, device: &DeviceQueue) {
     let sent = device
         .send(DeviceBatch {
             model: model.to_owned(),
-            inputs,
+            work: DeviceWork::Images(inputs),
             done,
         })
         .await;
@@ -420,14 +483,16 @@ mod queue_tests {
         std::thread::spawn(move || {
             while let Some(batch) = receiver.blocking_recv() {
                 let outcome = gate_rx.recv().unwrap_or(Err("gate closed".into()));
-                let firsts: Vec<f32> = batch
-                    .inputs
-                    .iter()
-                    .map(|input| match input {
-                        ModelInput::Host(values) => values[0],
-                        ModelInput::Device { .. } => f32::NAN,
-                    })
-                    .collect();
+                let firsts: Vec<f32> = match &batch.work {
+                    DeviceWork::Images(inputs) => inputs
+                        .iter()
+                        .map(|input| match input {
+                            ModelInput::Host(values) => values[0],
+                            ModelInput::Device { .. } => f32::NAN,
+                        })
+                        .collect(),
+                    DeviceWork::CandidatePatches { .. } => Vec::new(),
+                };
                 seen.lock().unwrap().push(firsts.clone());
                 let _ = batch.done.send(outcome.map(|()| DeviceOutput {
                     values: firsts,
@@ -437,7 +502,7 @@ mod queue_tests {
             }
         });
         (
-            Batcher::start("fake", policy, sender),
+            Batcher::start("fake", policy, sender, None),
             FakeDevice { batches, gate },
         )
     }

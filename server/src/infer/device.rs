@@ -12,11 +12,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::model_input::{ModelInput, batch_tensor};
 
-/// A batch to run: images of `model`, preprocessed on the device first.
+/// A batch to run for `model`.
 pub struct DeviceBatch {
     pub model: String,
-    pub inputs: Vec<ModelInput>,
+    pub work: DeviceWork,
     pub done: oneshot::Sender<Result<DeviceOutput, String>>,
+}
+
+/// What a batch holds.
+pub enum DeviceWork {
+    /// Images for the model itself, preprocessed on the device first.
+    Images(Vec<ModelInput>),
+    /// `count` candidate patches, laid end to end, for the segmenter's candidate reviewer
+    /// (`radserve_models::candidate_filter`): one score each.
+    CandidatePatches { patches: Vec<f32>, count: usize },
 }
 
 /// Where batchers hand batches to the device worker.
@@ -88,11 +97,26 @@ pub fn start(jobs: Vec<LoadJob>) -> std::io::Result<()> {
 }
 
 fn run(model: &LoadedModel, batch: &DeviceBatch) -> Result<DeviceOutput, String> {
+    let inputs = match &batch.work {
+        DeviceWork::Images(inputs) => inputs,
+        DeviceWork::CandidatePatches { patches, count } => {
+            let filter = model
+                .candidate_filter()
+                .ok_or_else(|| format!("model `{}` has no candidate filter", batch.model))?;
+            let started = Instant::now();
+            let values = filter.score(patches, *count).map_err(|e| e.to_string())?;
+            return Ok(DeviceOutput {
+                values,
+                compute: started.elapsed(),
+                preprocess: Duration::ZERO,
+            });
+        }
+    };
     let manifest = &model.package.manifest;
     let [rows, columns] = manifest.input.target_size;
     let channels = manifest.architecture.in_channels();
     let started = Instant::now();
-    let images = batch_tensor(model.device(), &batch.inputs, [channels, rows, columns])?;
+    let images = batch_tensor(model.device(), inputs, [channels, rows, columns])?;
     let preprocess = started.elapsed();
     let started = Instant::now();
     let values = match model.predict_tensor(images).map_err(|e| e.to_string())? {

@@ -28,7 +28,7 @@ use radserve_models::model::LoadedModel;
 use radserve_models::package::{Manifest, ModelPackage};
 use serde::{Deserialize, Serialize};
 
-pub use batcher::{BatchPolicy, Batcher, CancelFlag, ImageOutput, InferError};
+pub use batcher::{BatchPolicy, Batcher, CancelFlag, CandidateReview, ImageOutput, InferError};
 
 /// Defaults of a `[[models]]` entry (Triton's names).
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 8;
@@ -234,6 +234,22 @@ impl Models {
         let warm_sizes = policy.batch_sizes.clone();
         let torch_device = selected.device.clone();
         let (backend, adapter) = (selected.backend.to_owned(), selected.adapter.clone());
+        // The package was opened and checked at start; a reviewer that fails here fails the
+        // load below with the same error.
+        let candidate_review = package
+            .candidate_filter()
+            .ok()
+            .flatten()
+            .map(|(filter, patch)| CandidateReview {
+                patch,
+                threshold: filter
+                    .manifest
+                    .output
+                    .labels
+                    .first()
+                    .map_or(0.5, |l| l.threshold),
+                input: filter.manifest.input,
+            });
         let (slots, handle, model_name) = (self.clone(), handle.clone(), name.clone());
         let started = std::time::Instant::now();
         device::LoadJob {
@@ -251,7 +267,12 @@ impl Models {
                 match outcome {
                     Ok(()) => {
                         let _entered = handle.enter();
-                        slot.batcher = Some(Batcher::start(&model_name, policy, queue.clone()));
+                        slot.batcher = Some(Batcher::start(
+                            &model_name,
+                            policy,
+                            queue.clone(),
+                            candidate_review,
+                        ));
                         slot.state = ModelState::Ready;
                         tracing::info!(
                             model = %model_name,

@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use radserve_models::candidate_filter::{
+    CandidateError, HuSampler, MAX_CANDIDATES, orthogonal_patch,
+};
 use radserve_models::package::{Manifest, OutputTask};
 use radserve_models::postprocess::{self, MaskVolume, SliceGeometry};
 use radserve_models::preprocess::resize;
@@ -11,7 +14,7 @@ use serde::Serialize;
 
 use super::decode::DecodedImage;
 use super::prepare;
-use crate::infer::{Batcher, CancelFlag, ImageOutput, InferError};
+use crate::infer::{Batcher, CancelFlag, CandidateReview, ImageOutput, InferError};
 use crate::metrics;
 use crate::results::{CodedConcept, Finding, Measurement};
 use crate::store::Priority;
@@ -163,10 +166,54 @@ pub async fn analyse(
 
     let started = Instant::now();
     let manifest_owned = manifest.clone();
-    let (findings, mask_frames) =
-        tokio::task::spawn_blocking(move || read_outputs(&manifest_owned, &images, &outputs))
+    let blocking_error =
+        |e: tokio::task::JoinError| AnalysisError::Transient(format!("post-processing task: {e}"));
+    let (findings, mask_frames) = match manifest.output.kind {
+        OutputTask::MultiLabel => {
+            let findings = tokio::task::spawn_blocking(move || {
+                classifications(&manifest_owned, &images, &outputs)
+            })
             .await
-            .map_err(|e| AnalysisError::Transient(format!("post-processing task: {e}")))??;
+            .map_err(blocking_error)?;
+            (findings, Vec::new())
+        }
+        OutputTask::Segmentation => {
+            let review = batcher.candidate_review().cloned();
+            let (series, patches) = {
+                let images = images.clone();
+                let review = review.clone();
+                tokio::task::spawn_blocking(move || {
+                    let series = SegmentedSeries::build(&manifest_owned, &images, &outputs)?;
+                    let patches = match &review {
+                        Some(review) => Some(series.candidate_patches(review)?),
+                        None => None,
+                    };
+                    Ok::<_, AnalysisError>((series, patches))
+                })
+                .await
+                .map_err(blocking_error)??
+            };
+            // The reviewer runs on the device; its time counts as compute, not post-processing.
+            let reviewed = match (review, patches) {
+                (Some(review), Some(patches)) if !series.nodules.is_empty() => {
+                    let review_started = Instant::now();
+                    let (scores, compute) = batcher
+                        .review_candidates(patches, series.nodules.len())
+                        .await?;
+                    timings.compute_ms += ms(compute);
+                    metrics::record_stage(&model, "candidate_review", review_started.elapsed());
+                    Some((scores, review.threshold))
+                }
+                _ => None,
+            };
+            let manifest_owned = manifest.clone();
+            tokio::task::spawn_blocking(move || {
+                series.findings(&manifest_owned, &images, reviewed.as_ref())
+            })
+            .await
+            .map_err(blocking_error)??
+        }
+    };
     timings.postprocess_ms = ms(started.elapsed());
     metrics::record_stage(&model, "postprocess", started.elapsed());
     Ok(Analysis {
@@ -190,17 +237,6 @@ fn record_batches(outputs: &[ImageOutput], timings: &mut Timings) {
             last = Some((output.batch_size, output.compute));
         }
         left_in_batch = left_in_batch.saturating_sub(1);
-    }
-}
-
-fn read_outputs(
-    manifest: &Manifest,
-    images: &[DecodedImage],
-    outputs: &[ImageOutput],
-) -> Result<(Vec<AnalysedFinding>, Vec<MaskFrame>), AnalysisError> {
-    match manifest.output.kind {
-        OutputTask::MultiLabel => Ok((classifications(manifest, images, outputs), Vec::new())),
-        OutputTask::Segmentation => segmentation(manifest, images, outputs),
     }
 }
 
@@ -270,178 +306,283 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     ]
 }
 
-fn segmentation(
-    manifest: &Manifest,
-    images: &[DecodedImage],
-    outputs: &[ImageOutput],
-) -> Result<(Vec<AnalysedFinding>, Vec<MaskFrame>), AnalysisError> {
-    let label =
-        manifest.output.labels.first().ok_or_else(|| {
+/// A CT series as the segmenter masked it: slices sorted along the normal, the mask's 3D
+/// components and the nodules measured from them.
+struct SegmentedSeries {
+    /// Image indices in slice order.
+    order: Vec<usize>,
+    sorted_geometry: Vec<SliceGeometry>,
+    normal: [f64; 3],
+    rows: usize,
+    columns: usize,
+    /// Hounsfield units in slice order (the reviewer's patches are drawn from them).
+    hu: Vec<f32>,
+    /// Component label per voxel, in slice order (0: background).
+    labels: Vec<u32>,
+    nodules: Vec<postprocess::NoduleMeasurement>,
+    /// Per nodule: its component's label and mean probability.
+    components: Vec<(Option<u32>, f64)>,
+}
+
+impl SegmentedSeries {
+    fn build(
+        manifest: &Manifest,
+        images: &[DecodedImage],
+        outputs: &[ImageOutput],
+    ) -> Result<SegmentedSeries, AnalysisError> {
+        let label = manifest.output.labels.first().ok_or_else(|| {
             AnalysisError::Transient("the segmentation model has no label".into())
         })?;
-    let threshold = label.threshold as f32;
-    let [target_rows, target_columns] = manifest.input.target_size;
-    let (rows, columns) = (images[0].rows, images[0].columns);
-    let mut geometry = Vec::with_capacity(images.len());
-    for image in images {
-        if (image.rows, image.columns) != (rows, columns) {
-            return Err(AnalysisError::Unsuitable(format!(
-                "image {} is {}×{} but the series' first image is {rows}×{columns}",
-                image.sop_instance_uid, image.rows, image.columns
-            )));
+        let threshold = label.threshold as f32;
+        let [target_rows, target_columns] = manifest.input.target_size;
+        let (rows, columns) = (images[0].rows, images[0].columns);
+        let mut geometry = Vec::with_capacity(images.len());
+        for image in images {
+            if (image.rows, image.columns) != (rows, columns) {
+                return Err(AnalysisError::Unsuitable(format!(
+                    "image {} is {}×{} but the series' first image is {rows}×{columns}",
+                    image.sop_instance_uid, image.rows, image.columns
+                )));
+            }
+            geometry.push(image.geometry.ok_or_else(|| {
+                AnalysisError::Unsuitable(format!(
+                    "image {} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing: \
+                     nodules cannot be measured",
+                    image.sop_instance_uid
+                ))
+            })?);
         }
-        geometry.push(image.geometry.ok_or_else(|| {
-            AnalysisError::Unsuitable(format!(
-                "image {} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing: \
-                 nodules cannot be measured",
-                image.sop_instance_uid
-            ))
-        })?);
-    }
-    // Slices in order along the normal, so that neighbours in the stack touch in space.
-    let normal = cross(geometry[0].row_direction, geometry[0].column_direction);
-    let mut order: Vec<usize> = (0..images.len()).collect();
-    order.sort_by(|&a, &b| {
-        dot(geometry[a].position_mm, normal).total_cmp(&dot(geometry[b].position_mm, normal))
-    });
-    let plane = rows * columns;
-    let mut mask = Vec::with_capacity(plane * images.len());
-    let mut probability = Vec::with_capacity(plane * images.len());
-    let mut hu = Vec::with_capacity(plane * images.len());
-    for &i in &order {
-        let values = &outputs[i].values;
-        if values.len() < target_rows * target_columns {
-            return Err(AnalysisError::Transient(format!(
-                "the model gave {} values for a {target_rows}×{target_columns} mask",
-                values.len()
-            )));
+        // Slices in order along the normal, so that neighbours in the stack touch in space.
+        let normal = cross(geometry[0].row_direction, geometry[0].column_direction);
+        let mut order: Vec<usize> = (0..images.len()).collect();
+        order.sort_by(|&a, &b| {
+            dot(geometry[a].position_mm, normal).total_cmp(&dot(geometry[b].position_mm, normal))
+        });
+        let plane = rows * columns;
+        let mut mask = Vec::with_capacity(plane * images.len());
+        let mut probability = Vec::with_capacity(plane * images.len());
+        let mut hu = Vec::with_capacity(plane * images.len());
+        for &i in &order {
+            let values = &outputs[i].values;
+            if values.len() < target_rows * target_columns {
+                return Err(AnalysisError::Transient(format!(
+                    "the model gave {} values for a {target_rows}×{target_columns} mask",
+                    values.len()
+                )));
+            }
+            let full = resize(
+                &values[..target_rows * target_columns],
+                target_rows,
+                target_columns,
+                rows,
+                columns,
+            );
+            mask.extend(full.iter().map(|&p| u8::from(p >= threshold)));
+            probability.extend_from_slice(&full);
+            hu.extend_from_slice(&images[i].values);
         }
-        let full = resize(
-            &values[..target_rows * target_columns],
-            target_rows,
-            target_columns,
+        let sorted_geometry: Vec<SliceGeometry> = order.iter().map(|&i| geometry[i]).collect();
+        let volume = MaskVolume {
             rows,
             columns,
-        );
-        mask.extend(full.iter().map(|&p| u8::from(p >= threshold)));
-        probability.extend_from_slice(&full);
-        hu.extend_from_slice(&images[i].values);
-    }
-    let sorted_geometry: Vec<SliceGeometry> = order.iter().map(|&i| geometry[i]).collect();
-    let volume = MaskVolume {
-        rows,
-        columns,
-        slices: &sorted_geometry,
-        mask: &mask,
-        hu: &hu,
-    };
-    let unsuitable = |e: postprocess::PostprocessError| AnalysisError::Unsuitable(e.to_string());
-    let nodules = postprocess::measure_nodules(&volume, &manifest.output.component_options())
-        .map_err(unsuitable)?;
-    let (labels, _) =
-        postprocess::label_components_3d(rows, columns, order.len(), &mask).map_err(unsuitable)?;
-    // Each measured nodule is the component with its voxel count and slice range.
-    let mut component_stats: std::collections::HashMap<u32, (usize, usize, usize, f64)> =
-        std::collections::HashMap::new();
-    for (voxel, &component) in labels.iter().enumerate() {
-        if component == 0 {
-            continue;
-        }
-        let slice = voxel / plane;
-        let entry = component_stats
-            .entry(component)
-            .or_insert((0, usize::MAX, 0, 0.0));
-        entry.0 += 1;
-        entry.1 = entry.1.min(slice);
-        entry.2 = entry.2.max(slice);
-        entry.3 += f64::from(probability[voxel]);
-    }
-    let mut kept = std::collections::HashSet::new();
-    let mut findings = Vec::with_capacity(nodules.len());
-    for (n, nodule) in nodules.iter().enumerate() {
-        let component = component_stats.iter().find(|(id, s)| {
-            !kept.contains(*id) && s.0 == nodule.voxel_count && [s.1, s.2] == nodule.slice_range
-        });
-        let mean_probability = match component {
-            Some((&id, s)) => {
-                kept.insert(id);
-                s.3 / s.0.max(1) as f64
-            }
-            None => f64::from(threshold),
+            slices: &sorted_geometry,
+            mask: &mask,
+            hu: &hu,
         };
-        // The slice nearest the centre, and the centre's pixel on it.
-        let nearest = (nodule.slice_range[0]..=nodule.slice_range[1])
-            .min_by(|&a, &b| {
-                let d = |s: usize| {
-                    (dot(sorted_geometry[s].position_mm, normal) - dot(nodule.center_mm, normal))
-                        .abs()
-                };
-                d(a).total_cmp(&d(b))
-            })
-            .unwrap_or(nodule.slice_range[0]);
-        let g = &sorted_geometry[nearest];
-        let offset = [
-            nodule.center_mm[0] - g.position_mm[0],
-            nodule.center_mm[1] - g.position_mm[1],
-            nodule.center_mm[2] - g.position_mm[2],
-        ];
-        let column = dot(offset, g.row_direction) / g.pixel_spacing_mm[1];
-        let row = dot(offset, g.column_direction) / g.pixel_spacing_mm[0];
-        let sources: Vec<String> = (nodule.slice_range[0]..=nodule.slice_range[1])
-            .map(|s| images[order[s]].sop_instance_uid.clone())
-            .collect();
-        findings.push(AnalysedFinding {
-            finding: Finding {
-                label: label.name.clone(),
-                code: label.code.clone(),
-                finding_site: label.finding_site.clone(),
-                probability: mean_probability,
-                tracking_id: format!("{} {}", label.name, n + 1),
-                tracking_uid: tracking_uid(images, &manifest.model.name, n),
-                measurements: vec![
-                    Measurement {
-                        concept: concept("SCT", "81827009", "Diameter"),
-                        value: nodule.longest_axial_diameter_mm,
-                        unit: ucum("mm", "millimeter"),
-                    },
-                    Measurement {
-                        concept: concept("SCT", "118565006", "Volume"),
-                        value: nodule.volume_mm3,
-                        unit: ucum("mm3", "cubic millimeter"),
-                    },
-                    Measurement {
-                        concept: concept("DCM", "112031", "Attenuation Coefficient"),
-                        value: nodule.mean_hu,
-                        unit: ucum("[hnsf'U]", "Hounsfield unit"),
-                    },
-                ],
-                center_mm: Some(nodule.center_mm),
-                source_instances: sources,
-                segment_number: Some(1),
-            },
-            positive: true,
-            location: serde_json::json!({
-                "patient_mm": nodule.center_mm,
-                "pixel": {
-                    "sop_instance_uid": images[order[nearest]].sop_instance_uid,
-                    "row": row,
-                    "column": column,
-                },
-                "slices": sources_range(&order, nodule.slice_range),
-            }),
-        });
-    }
-    let mut mask_frames = Vec::new();
-    for (s, &image) in order.iter().enumerate() {
-        let frame: Vec<bool> = labels[s * plane..(s + 1) * plane]
-            .iter()
-            .map(|c| *c != 0 && kept.contains(c))
-            .collect();
-        if frame.iter().any(|&v| v) {
-            mask_frames.push(MaskFrame { image, mask: frame });
+        let unsuitable =
+            |e: postprocess::PostprocessError| AnalysisError::Unsuitable(e.to_string());
+        let nodules = postprocess::measure_nodules(&volume, &manifest.output.component_options())
+            .map_err(unsuitable)?;
+        if nodules.len() > MAX_CANDIDATES {
+            return Err(AnalysisError::Unsuitable(format!(
+                "the segmenter found {} nodule candidates, more than the {MAX_CANDIDATES} a scan may have: \
+                 the series is not what the model was made for",
+                nodules.len()
+            )));
         }
+        let (labels, _) = postprocess::label_components_3d(rows, columns, order.len(), &mask)
+            .map_err(unsuitable)?;
+        // Each measured nodule is the component with its voxel count and slice range.
+        let mut component_stats: std::collections::HashMap<u32, (usize, usize, usize, f64)> =
+            std::collections::HashMap::new();
+        for (voxel, &component) in labels.iter().enumerate() {
+            if component == 0 {
+                continue;
+            }
+            let slice = voxel / plane;
+            let entry = component_stats
+                .entry(component)
+                .or_insert((0, usize::MAX, 0, 0.0));
+            entry.0 += 1;
+            entry.1 = entry.1.min(slice);
+            entry.2 = entry.2.max(slice);
+            entry.3 += f64::from(probability[voxel]);
+        }
+        let mut taken = std::collections::HashSet::new();
+        let components = nodules
+            .iter()
+            .map(|nodule| {
+                let component = component_stats.iter().find(|(id, s)| {
+                    !taken.contains(*id)
+                        && s.0 == nodule.voxel_count
+                        && [s.1, s.2] == nodule.slice_range
+                });
+                match component {
+                    Some((&id, s)) => {
+                        taken.insert(id);
+                        (Some(id), s.3 / s.0.max(1) as f64)
+                    }
+                    None => (None, f64::from(threshold)),
+                }
+            })
+            .collect();
+        Ok(SegmentedSeries {
+            order,
+            sorted_geometry,
+            normal,
+            rows,
+            columns,
+            hu,
+            labels,
+            nodules,
+            components,
+        })
     }
-    Ok((findings, mask_frames))
+
+    /// The candidate reviewer's input for every nodule, laid end to end.
+    fn candidate_patches(&self, review: &CandidateReview) -> Result<Vec<f32>, AnalysisError> {
+        let mask = vec![0u8; 0];
+        let volume = MaskVolume {
+            rows: self.rows,
+            columns: self.columns,
+            slices: &self.sorted_geometry,
+            mask: &mask,
+            hu: &self.hu,
+        };
+        let unsuitable = |e: CandidateError| AnalysisError::Unsuitable(e.to_string());
+        let sampler = HuSampler::new(volume).map_err(unsuitable)?;
+        let mut patches = Vec::with_capacity(self.nodules.len() * review.patch.len());
+        for nodule in &self.nodules {
+            orthogonal_patch(
+                &sampler,
+                nodule.center_mm,
+                review.patch,
+                &review.input,
+                &mut patches,
+            )
+            .map_err(unsuitable)?;
+        }
+        Ok(patches)
+    }
+
+    /// The findings and mask frames of the nodules kept: all of them, or with `reviewed`
+    /// (the reviewer's score per nodule and its threshold) those scoring at or above the
+    /// threshold, each with the score as its probability.
+    fn findings(
+        &self,
+        manifest: &Manifest,
+        images: &[DecodedImage],
+        reviewed: Option<&(Vec<f32>, f64)>,
+    ) -> Result<(Vec<AnalysedFinding>, Vec<MaskFrame>), AnalysisError> {
+        let label = manifest.output.labels.first().ok_or_else(|| {
+            AnalysisError::Transient("the segmentation model has no label".into())
+        })?;
+        let (order, sorted_geometry, normal) = (&self.order, &self.sorted_geometry, self.normal);
+        let plane = self.rows * self.columns;
+        let mut kept = std::collections::HashSet::new();
+        let mut findings = Vec::with_capacity(self.nodules.len());
+        for (i, (nodule, &(component, mean_probability))) in
+            self.nodules.iter().zip(&self.components).enumerate()
+        {
+            let probability = match reviewed {
+                Some((scores, review_threshold)) => {
+                    let score = f64::from(scores.get(i).copied().unwrap_or(0.0));
+                    if score < *review_threshold {
+                        continue;
+                    }
+                    score
+                }
+                None => mean_probability,
+            };
+            if let Some(id) = component {
+                kept.insert(id);
+            }
+            let n = findings.len();
+            // The slice nearest the centre, and the centre's pixel on it.
+            let nearest = (nodule.slice_range[0]..=nodule.slice_range[1])
+                .min_by(|&a, &b| {
+                    let d = |s: usize| {
+                        (dot(sorted_geometry[s].position_mm, normal)
+                            - dot(nodule.center_mm, normal))
+                        .abs()
+                    };
+                    d(a).total_cmp(&d(b))
+                })
+                .unwrap_or(nodule.slice_range[0]);
+            let g = &sorted_geometry[nearest];
+            let offset = [
+                nodule.center_mm[0] - g.position_mm[0],
+                nodule.center_mm[1] - g.position_mm[1],
+                nodule.center_mm[2] - g.position_mm[2],
+            ];
+            let column = dot(offset, g.row_direction) / g.pixel_spacing_mm[1];
+            let row = dot(offset, g.column_direction) / g.pixel_spacing_mm[0];
+            let sources: Vec<String> = (nodule.slice_range[0]..=nodule.slice_range[1])
+                .map(|s| images[order[s]].sop_instance_uid.clone())
+                .collect();
+            findings.push(AnalysedFinding {
+                finding: Finding {
+                    label: label.name.clone(),
+                    code: label.code.clone(),
+                    finding_site: label.finding_site.clone(),
+                    probability,
+                    tracking_id: format!("{} {}", label.name, n + 1),
+                    tracking_uid: tracking_uid(images, &manifest.model.name, n),
+                    measurements: vec![
+                        Measurement {
+                            concept: concept("SCT", "81827009", "Diameter"),
+                            value: nodule.longest_axial_diameter_mm,
+                            unit: ucum("mm", "millimeter"),
+                        },
+                        Measurement {
+                            concept: concept("SCT", "118565006", "Volume"),
+                            value: nodule.volume_mm3,
+                            unit: ucum("mm3", "cubic millimeter"),
+                        },
+                        Measurement {
+                            concept: concept("DCM", "112031", "Attenuation Coefficient"),
+                            value: nodule.mean_hu,
+                            unit: ucum("[hnsf'U]", "Hounsfield unit"),
+                        },
+                    ],
+                    center_mm: Some(nodule.center_mm),
+                    source_instances: sources,
+                    segment_number: Some(1),
+                },
+                positive: true,
+                location: serde_json::json!({
+                    "patient_mm": nodule.center_mm,
+                    "pixel": {
+                        "sop_instance_uid": images[order[nearest]].sop_instance_uid,
+                        "row": row,
+                        "column": column,
+                    },
+                    "slices": sources_range(order, nodule.slice_range),
+                }),
+            });
+        }
+        let mut mask_frames = Vec::new();
+        for (s, &image) in order.iter().enumerate() {
+            let frame: Vec<bool> = self.labels[s * plane..(s + 1) * plane]
+                .iter()
+                .map(|c| *c != 0 && kept.contains(c))
+                .collect();
+            if frame.iter().any(|&v| v) {
+                mask_frames.push(MaskFrame { image, mask: frame });
+            }
+        }
+        Ok((findings, mask_frames))
+    }
 }
 
 /// The slice range as indices into the images as given (not the sorted order).

@@ -140,8 +140,12 @@ fn training_candidates(
             }
         }
         let points: Vec<[f64; 3]> = centres.iter().map(|c| c.0).collect();
-        out.patches
-            .extend(candidate_patches(patch, input, segmented.volume(), &points)?);
+        out.patches.extend(candidate_patches(
+            patch,
+            input,
+            segmented.volume(),
+            &points,
+        )?);
         out.labels.extend(centres.iter().map(|c| c.1));
         bar.inc(1);
     }
@@ -197,7 +201,9 @@ fn fit_filter(args: &FilterArgs, data: &Candidates, patch: PatchSpec) -> Result<
     let positives = data.labels.iter().filter(|&&l| l > 0.5).count();
     let negatives = data.labels.len() - positives;
     if positives == 0 || negatives == 0 {
-        bail!("the training scans gave {positives} nodule and {negatives} other candidates: need both");
+        bail!(
+            "the training scans gave {positives} nodule and {negatives} other candidates: need both"
+        );
     }
     // Weighted so that both classes count alike, whatever their numbers.
     let positive_weight = negatives as f64 / positives as f64;
@@ -262,7 +268,9 @@ fn filter_manifest(
                 "Reviews each component the {} segmenter finds: three orthogonal planes through its centre, scored nodule or not; components below the threshold are dropped.",
                 segmenter.model.name
             ),
-            intended_use: "False-positive reduction for radserve's demo nodule segmenter, on synthetic CT.".into(),
+            intended_use:
+                "False-positive reduction for radserve's demo nodule segmenter, on synthetic CT."
+                    .into(),
             disclaimer: DISCLAIMER.into(),
         },
         architecture: ArchitectureConfig::Densenet(filter_config()),
@@ -271,7 +279,12 @@ fn filter_manifest(
             kind: OutputTask::MultiLabel,
             labels: vec![LabelSpec {
                 threshold,
-                ..label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))
+                ..label(
+                    "nodule",
+                    "786838002",
+                    "Pulmonary nodule",
+                    ("39607008", "Lung structure"),
+                )
             }],
             components: None,
             candidate_filter: None,
@@ -313,7 +326,10 @@ fn choose_threshold(scans: &[SegmentedScan], options: &postprocess::ComponentOpt
     let unfiltered = score_detection(scans, 0.0, options, None);
     println!(
         "validation: {} nodules ≥ {DETECTION_MIN_DIAMETER_MM} mm in {} scans; without the reviewer sensitivity {:.3}, {:.2} false positives per scan",
-        unfiltered.nodules, unfiltered.scans, unfiltered.sensitivity, unfiltered.false_positives_per_scan
+        unfiltered.nodules,
+        unfiltered.scans,
+        unfiltered.sensitivity,
+        unfiltered.false_positives_per_scan
     );
     println!("| review threshold | sensitivity | false positives per scan |\n|---:|---:|---:|");
     let mut chosen = THRESHOLD_GRID[0];
@@ -333,7 +349,10 @@ fn choose_threshold(scans: &[SegmentedScan], options: &postprocess::ComponentOpt
 /// Writes `manifest` and its card beside weights already in `directory`.
 fn write_manifest(directory: &Path, manifest: &Manifest) -> Result<()> {
     let bytes = std::fs::metadata(directory.join(&manifest.weights.file))?.len();
-    std::fs::write(directory.join("model.toml"), toml::to_string_pretty(manifest)?)?;
+    std::fs::write(
+        directory.join("model.toml"),
+        toml::to_string_pretty(manifest)?,
+    )?;
     std::fs::write(
         directory.join("MODEL_CARD.md"),
         model_card(manifest, bytes as usize),
@@ -360,7 +379,10 @@ pub(super) fn train_candidate_filter(args: &FilterArgs, command: &str) -> Result
     let started = Instant::now();
     let mut source = ModelPackage::open(&args.segmenter)?;
     if source.manifest.output.kind != OutputTask::Segmentation {
-        bail!("--segmenter {}: not a segmentation package", args.segmenter.display());
+        bail!(
+            "--segmenter {}: not a segmentation package",
+            args.segmenter.display()
+        );
     }
     // The candidates are the segmenter's alone, whatever reviewer the package had.
     source.manifest.output.candidate_filter = None;
