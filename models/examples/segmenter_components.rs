@@ -8,7 +8,10 @@
 //!
 //! `cargo run -p radserve-models --example segmenter_components -- SEED SCANS [PACKAGE_DIR [THRESHOLD]]`
 //!
-//! THRESHOLD replaces the package's probability threshold for the mask.
+//! THRESHOLD replaces the package's probability threshold for the mask. With a candidate
+//! reviewer in the package, each component's review score is listed too, and a table gives
+//! the detection figures and the kept mask's Dice by review threshold; the component rule
+//! tables apply the package's review threshold.
 
 use burn::tensor::Device;
 use radserve_models::evaluate::{
@@ -36,19 +39,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = LoadedModel::load(package, &Device::flex(), &[1, 8])?;
     let (segmented, overlap) = segment_scans(&model, seed, scans)?;
     println!(
-        "| scan | volume mm³ | slices | lung border | through-plane ratio | hits a nodule (diameter mm) |"
+        "| scan | volume mm³ | slices | lung border | through-plane ratio | review score | hits a nodule (diameter mm) |"
     );
-    println!("|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---|");
     for (i, scan) in segmented.iter().enumerate() {
-        for c in &scan.components {
+        for (k, c) in scan.components.iter().enumerate() {
             let hit = scan.truth.iter().find(|n| hits_nodule(c.center_mm, n));
             println!(
-                "| {i} | {:.0} | {} | {:.2} | {} | {} |",
+                "| {i} | {:.0} | {} | {:.2} | {} | {} | {} |",
                 c.volume_mm3,
                 c.slice_range[1] - c.slice_range[0] + 1,
                 c.lung_border_fraction,
                 c.through_plane_ratio
                     .map_or("cut by the scan".to_owned(), |r| format!("{r:.2}")),
+                scan.review_scores
+                    .get(k)
+                    .map_or("—".to_owned(), |s| format!("{s:.3}")),
                 hit.map_or("no".to_owned(), |n| format!("{:.1}", n.diameter_mm))
             );
         }
@@ -63,8 +69,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let dice = overlap.dice().unwrap_or(0.0);
+    if model.candidate_filter().is_some() {
+        let rules = model.package.manifest.output.component_options();
+        println!(
+            "\nsensitivity ≥ 6 mm / false positives per scan / Dice of the kept mask, by the reviewer's threshold (the package's component rules; Dice of every voxel above the mask threshold {dice:.3})\n"
+        );
+        println!("| review threshold | sensitivity | false positives per scan | Dice |");
+        println!("|---:|---:|---:|---:|");
+        let thresholds = [None, Some(0.05), Some(0.1), Some(0.2), Some(0.3), Some(0.5)];
+        let more = [Some(0.7), Some(0.8), Some(0.9), Some(0.95), Some(0.99)];
+        for threshold in thresholds.into_iter().chain(more) {
+            let m = score_detection(&segmented, dice, &rules, threshold);
+            println!(
+                "| {} | {:.3} | {:.2} | {:.3} |",
+                threshold.map_or("no review".to_owned(), |t| t.to_string()),
+                m.sensitivity,
+                m.false_positives_per_scan,
+                m.dice
+            );
+        }
+    }
+    // The component rule tables apply the package's reviewer, as the server does.
+    let review_threshold = model.candidate_filter().map(|f| f.threshold());
     let cell = |rules: ComponentOptions| {
-        let m = score_detection(&segmented, dice, &rules, None);
+        let m = score_detection(&segmented, dice, &rules, review_threshold);
         format!("{:.3} / {:.2}", m.sensitivity, m.false_positives_per_scan)
     };
     let ratios = [0.0, 0.2, 0.25, 0.3, 0.35, 0.4];

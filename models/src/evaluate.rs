@@ -96,8 +96,11 @@ pub struct SegmentationMetrics {
     pub scans: usize,
     /// Nodules of at least `min_diameter_mm` in the held-out scans.
     pub nodules: usize,
-    /// Dice over all voxels of all scans (the original 512×512 grid).
+    /// Dice of the mask radserve reports (the components the rules and the reviewer keep)
+    /// against the truth, over all voxels of all scans (the original 512×512 grid).
     pub dice: f64,
+    /// Dice of every voxel at or above the mask threshold, before any component is dropped.
+    pub dice_all_voxels: f64,
     /// Share of nodules ≥ `min_diameter_mm` that a predicted component hits.
     pub sensitivity: f64,
     /// Predicted components that match no nodule, per scan.
@@ -112,7 +115,12 @@ pub struct SegmentationMetrics {
 pub struct SegmentedScan {
     pub components: Vec<postprocess::NoduleMeasurement>,
     pub review_scores: Vec<f32>,
+    /// Per component: its voxels, and how many of them are nodule in the truth (for the
+    /// Dice of the components a rule set keeps).
+    pub component_voxels: Vec<(u64, u64)>,
     pub truth: Vec<dicom_samples::ground_truth::NoduleTruth>,
+    /// Voxels that are nodule in the truth.
+    pub truth_voxels: u64,
 }
 
 /// Runs the nodule segmenter slice by slice on `scans` phantoms drawn from `seed`, scores
@@ -141,6 +149,8 @@ pub struct SegmentedVolume {
     pub geometry: Vec<SliceGeometry>,
     pub mask: Vec<u8>,
     pub hu: Vec<f32>,
+    /// The phantom's own nodule mask, same layout (1: nodule).
+    pub truth: Vec<u8>,
 }
 
 impl SegmentedVolume {
@@ -169,6 +179,7 @@ pub fn segment_phantom(
     let (rows, columns) = (g.rows as usize, g.columns as usize);
     let mut mask = Vec::with_capacity(rows * columns * g.slices);
     let mut hu = Vec::with_capacity(rows * columns * g.slices);
+    let mut truth_mask = Vec::with_capacity(rows * columns * g.slices);
     let indices: Vec<usize> = (0..g.slices).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let mut data = Vec::with_capacity(chunk.len() * target_rows * target_columns);
@@ -185,9 +196,11 @@ pub fn segment_phantom(
                 &values[i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
             let full = crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
             let predicted: Vec<bool> = full.iter().map(|&p| p >= threshold).collect();
-            let truth: Vec<bool> = phantom.nodule_mask(index).iter().map(|&m| m > 0).collect();
+            let truth_plane = phantom.nodule_mask(index);
+            let truth: Vec<bool> = truth_plane.iter().map(|&m| m > 0).collect();
             overlap.add(&predicted, &truth);
             mask.extend(predicted.iter().map(|&m| u8::from(m)));
+            truth_mask.extend(truth.iter().map(|&t| u8::from(t)));
             hu.extend(phantom.render_slice_hu(index));
         }
     }
@@ -205,7 +218,51 @@ pub fn segment_phantom(
         geometry,
         mask,
         hu,
+        truth: truth_mask,
     })
+}
+
+/// Per component of `components` (measured from `volume`): its voxels and how many of them
+/// the truth marks. Components are matched to their labels by voxel count and slice range,
+/// as the server matches them.
+fn component_voxels(
+    volume: &SegmentedVolume,
+    components: &[postprocess::NoduleMeasurement],
+) -> Result<Vec<(u64, u64)>, EvaluateError> {
+    let slices = volume.geometry.len();
+    let plane = volume.rows * volume.columns;
+    let (labels, count) =
+        postprocess::label_components_3d(volume.rows, volume.columns, slices, &volume.mask)?;
+    // voxels, voxels on the truth, first and last slice
+    let mut stats = vec![(0u64, 0u64, usize::MAX, 0usize); count as usize + 1];
+    for (voxel, &label) in labels.iter().enumerate() {
+        if label == 0 {
+            continue;
+        }
+        let s = &mut stats[label as usize];
+        s.0 += 1;
+        s.1 += u64::from(volume.truth[voxel] > 0);
+        s.2 = s.2.min(voxel / plane);
+        s.3 = s.3.max(voxel / plane);
+    }
+    let mut taken = vec![false; stats.len()];
+    Ok(components
+        .iter()
+        .map(|c| {
+            let found = (1..stats.len()).find(|&l| {
+                !taken[l]
+                    && stats[l].0 == c.voxel_count as u64
+                    && [stats[l].2, stats[l].3] == c.slice_range
+            });
+            match found {
+                Some(l) => {
+                    taken[l] = true;
+                    (stats[l].0, stats[l].1)
+                }
+                None => (c.voxel_count as u64, 0),
+            }
+        })
+        .collect())
 }
 
 /// The reviewer's input (`patch` sampled, then `input`'s intensity and normalisation) for
@@ -261,9 +318,11 @@ pub fn segment_scans(
             None => Vec::new(),
         };
         segmented.push(SegmentedScan {
+            component_voxels: component_voxels(&volume, &components)?,
             components,
             review_scores,
             truth: phantom.nodule_truth(),
+            truth_voxels: volume.truth.iter().map(|&t| u64::from(t)).sum(),
         });
     }
     Ok((segmented, overlap))
@@ -278,17 +337,21 @@ pub fn hits_nodule(centre: [f64; 3], nodule: &dicom_samples::ground_truth::Nodul
     d <= nodule.diameter_mm / 2.0 + 2.0
 }
 
-/// Detection sensitivity (nodules ≥ [`DETECTION_MIN_DIAMETER_MM`]) and false positives per
-/// scan, keeping the components that `rules` keep.
+/// Detection sensitivity (nodules ≥ [`DETECTION_MIN_DIAMETER_MM`]), false positives per
+/// scan and the Dice of the kept mask, keeping the components that `rules` keep and, with
+/// `review_threshold`, that the candidate reviewer scores at or above it.
+/// `dice_all_voxels` is passed through (it does not depend on the rules).
 pub fn score_detection(
     segmented: &[SegmentedScan],
-    dice: f64,
+    dice_all_voxels: f64,
     rules: &ComponentOptions,
     review_threshold: Option<f64>,
 ) -> SegmentationMetrics {
     let min_diameter_mm = DETECTION_MIN_DIAMETER_MM;
     let (mut nodules, mut hits, mut false_positives) = (0usize, 0usize, 0usize);
+    let mut kept_overlap = Overlap::default();
     for scan in segmented {
+        kept_overlap.truth += scan.truth_voxels;
         let found: Vec<_> = scan
             .components
             .iter()
@@ -300,7 +363,12 @@ pub fn score_detection(
                 };
                 reviewed && rules.keeps(c.volume_mm3, c.lung_border_fraction, c.through_plane_ratio)
             })
-            .map(|(_, c)| c)
+            .map(|(i, c)| {
+                let (voxels, on_truth) = scan.component_voxels.get(i).copied().unwrap_or((0, 0));
+                kept_overlap.predicted += voxels;
+                kept_overlap.both += on_truth;
+                c
+            })
             .collect();
         for n in scan
             .truth
@@ -318,7 +386,8 @@ pub fn score_detection(
     SegmentationMetrics {
         scans: segmented.len(),
         nodules,
-        dice,
+        dice: kept_overlap.dice().unwrap_or(0.0),
+        dice_all_voxels,
         sensitivity: if nodules == 0 {
             1.0
         } else {

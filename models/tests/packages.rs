@@ -86,6 +86,7 @@ fn ct_nodule_segmenter_meets_its_card() {
     let m = evaluate::evaluate_segmenter(&model, seed, scans).expect("evaluation");
     for (key, value) in [
         ("dice", m.dice),
+        ("dice_all_voxels", m.dice_all_voxels),
         ("sensitivity_6mm", m.sensitivity),
         ("false_positives_per_scan", m.false_positives_per_scan),
     ] {
@@ -109,13 +110,23 @@ fn ct_nodule_segmenter_meets_its_card() {
     }
 }
 
-/// Copies a demo package to a temporary directory so a test can break it.
+/// Copies a demo package (with its sub-directories) to a temporary directory so a test can
+/// break it.
 fn broken_copy(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    for entry in std::fs::read_dir(zoo(name)).expect("package dir") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+    fn copy_tree(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).expect("package dir") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("file type").is_dir() {
+                std::fs::create_dir(&target).expect("sub-directory");
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).expect("copy");
+            }
+        }
     }
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_tree(&zoo(name), dir.path());
     dir
 }
 
@@ -272,4 +283,57 @@ fn component_rules_are_read_from_the_package_and_checked() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn the_candidate_filter_is_checked_when_the_segmenter_loads() {
+    assert!(
+        load("ct-lung-nodule").candidate_filter().is_some(),
+        "the demo segmenter loads with its reviewer"
+    );
+    for (from, to, named) in [
+        (
+            "package = \"candidate-filter\"",
+            "package = \"../candidate-filter\"",
+            "one sub-directory name",
+        ),
+        (
+            "package = \"candidate-filter\"",
+            "package = \"elsewhere\"",
+            "elsewhere",
+        ),
+        (
+            "patch_spacing_mm = 0.75",
+            "patch_spacing_mm = 0.0",
+            "patch_spacing_mm",
+        ),
+    ] {
+        let broken = broken_copy("ct-lung-nodule");
+        edit_manifest(broken.path(), from, to);
+        let err = load_error(broken.path());
+        assert!(err.to_string().contains(named), "{err}");
+    }
+    // A reviewer that is not a three-channel classifier is named, before its weights are read.
+    let broken = broken_copy("ct-lung-nodule");
+    let reviewer = broken.path().join("candidate-filter");
+    edit_manifest(&reviewer, "in_channels = 3", "in_channels = 1");
+    let err = load_error(broken.path());
+    assert!(
+        matches!(err, ModelError::Package(PackageError::Spec { .. }))
+            && err.to_string().contains("3 input channels")
+            && err.to_string().contains("candidate-filter"),
+        "{err}"
+    );
+    // Its weights are checked like any package's.
+    let broken = broken_copy("ct-lung-nodule");
+    std::fs::write(
+        broken.path().join("candidate-filter/weights.bpk"),
+        b"not the weights",
+    )
+    .expect("overwrite");
+    let err = load_error(broken.path());
+    assert!(
+        matches!(err, ModelError::Package(PackageError::HashMismatch { .. })),
+        "{err}"
+    );
 }

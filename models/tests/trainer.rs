@@ -226,3 +226,86 @@ fn a_crop_larger_than_the_input_is_refused() {
         &["--nodule-patch-size must be"],
     );
 }
+
+#[test]
+fn a_candidate_filter_is_trained_into_a_copy_of_the_segmenter() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let base = ModelPackage::open(demo_segmenter()).expect("demo segmenter");
+    let stdout = trained(
+        "ct-candidate-filter",
+        out.path(),
+        &[
+            "--segmenter",
+            demo_segmenter().to_str().expect("utf-8 path"),
+            "--studies",
+            "2",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+            "--patch-edge",
+            "32",
+            "--mask-threshold",
+            "0.3",
+            "--validation-studies",
+            "1",
+            "--eval-studies",
+            "1",
+            "--model-version",
+            "9.9.9",
+        ],
+    );
+    assert!(stdout.contains("candidate filter, epoch 1: training AUC"), "{stdout}");
+    assert!(stdout.contains("| review threshold |"), "{stdout}");
+
+    let package = ModelPackage::open(out.path()).expect("the new package opens");
+    let manifest = &package.manifest;
+    assert_eq!(manifest.model.version, "9.9.9");
+    // The segmenter itself is the one it was given, at the mask threshold asked for.
+    assert_eq!(manifest.weights.sha256, base.manifest.weights.sha256);
+    assert_eq!(manifest.output.labels[0].threshold, 0.3);
+    let spec = manifest
+        .output
+        .candidate_filter
+        .as_ref()
+        .expect("the package names its reviewer");
+    assert_eq!(spec.package, "candidate-filter");
+    let (filter, patch) = package
+        .candidate_filter()
+        .expect("the reviewer's package opens")
+        .expect("and is there");
+    assert_eq!(patch.edge, 32);
+    assert_eq!(filter.manifest.architecture.in_channels(), 3);
+    assert!(
+        filter.manifest.training.command.contains("ct-candidate-filter"),
+        "{}",
+        filter.manifest.training.command
+    );
+    assert!(filter.manifest.model.disclaimer.contains("not for clinical use"));
+    for metric in ["dice", "sensitivity_6mm", "false_positives_per_scan"] {
+        assert!(manifest.metrics.contains_key(metric), "{metric} measured");
+    }
+    let card = std::fs::read_to_string(out.path().join("MODEL_CARD.md")).expect("card");
+    assert!(card.contains("reviewed by the classifier in `candidate-filter/`"), "{card}");
+    assert!(out.path().join("candidate-filter/MODEL_CARD.md").exists());
+}
+
+#[test]
+fn a_candidate_filter_needs_a_segmenter_and_distinct_seeds() {
+    let classifier = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("zoo/chest-xray-findings");
+    refused(
+        "ct-candidate-filter",
+        &["--segmenter", classifier.to_str().expect("utf-8 path")],
+        &["not a segmentation package"],
+    );
+    refused(
+        "ct-candidate-filter",
+        &[
+            "--segmenter",
+            demo_segmenter().to_str().expect("utf-8 path"),
+            "--validation-seed",
+            "1000003",
+        ],
+        &["must differ"],
+    );
+}

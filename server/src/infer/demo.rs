@@ -63,9 +63,16 @@ pub fn install(root: &Path) -> Result<Vec<ModelConfig>, ModelsError> {
         std::fs::create_dir_all(&dir).map_err(failed)?;
         for file in *files {
             let path = dir.join(file.name);
+            // A file of a nested package (the segmenter's candidate reviewer).
+            let parent = path.parent().unwrap_or(&dir);
+            std::fs::create_dir_all(parent).map_err(failed)?;
             if std::fs::read(&path).ok().as_deref() != Some(file.bytes) {
                 // Written aside and renamed, so a crash never leaves half a weights file.
-                let partial = dir.join(format!(".{}.partial", file.name));
+                let file_name = path.file_name().map_or_else(
+                    || file.name.to_owned(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                let partial = parent.join(format!(".{file_name}.partial"));
                 std::fs::write(&partial, file.bytes).map_err(failed)?;
                 std::fs::rename(&partial, &path).map_err(failed)?;
             }

@@ -968,6 +968,7 @@ fn train_segmenter(args: &TrainArgs, command: &str) -> Result<()> {
         let m = evaluate::evaluate_segmenter(loaded, args.eval_seed, eval)?;
         Ok(BTreeMap::from([
             ("dice".to_string(), m.dice),
+            ("dice_all_voxels".to_string(), m.dice_all_voxels),
             ("sensitivity_6mm".to_string(), m.sensitivity),
             (
                 "false_positives_per_scan".to_string(),
