@@ -255,7 +255,10 @@ fn a_candidate_filter_is_trained_into_a_copy_of_the_segmenter() {
             "9.9.9",
         ],
     );
-    assert!(stdout.contains("candidate filter, epoch 1: training AUC"), "{stdout}");
+    assert!(
+        stdout.contains("candidate filter, epoch 1: training AUC"),
+        "{stdout}"
+    );
     assert!(stdout.contains("| review threshold |"), "{stdout}");
 
     let package = ModelPackage::open(out.path()).expect("the new package opens");
@@ -277,16 +280,29 @@ fn a_candidate_filter_is_trained_into_a_copy_of_the_segmenter() {
     assert_eq!(patch.edge, 32);
     assert_eq!(filter.manifest.architecture.in_channels(), 3);
     assert!(
-        filter.manifest.training.command.contains("ct-candidate-filter"),
+        filter
+            .manifest
+            .training
+            .command
+            .contains("ct-candidate-filter"),
         "{}",
         filter.manifest.training.command
     );
-    assert!(filter.manifest.model.disclaimer.contains("not for clinical use"));
+    assert!(
+        filter
+            .manifest
+            .model
+            .disclaimer
+            .contains("not for clinical use")
+    );
     for metric in ["dice", "sensitivity_6mm", "false_positives_per_scan"] {
         assert!(manifest.metrics.contains_key(metric), "{metric} measured");
     }
     let card = std::fs::read_to_string(out.path().join("MODEL_CARD.md")).expect("card");
-    assert!(card.contains("reviewed by the classifier in `candidate-filter/`"), "{card}");
+    assert!(
+        card.contains("reviewed by the classifier in `candidate-filter/`"),
+        "{card}"
+    );
     assert!(out.path().join("candidate-filter/MODEL_CARD.md").exists());
 }
 

@@ -362,6 +362,19 @@ fn stored_studies_become_findings_sr_and_seg() {
     }
     eprintln!("nodules ≥ 6 mm found: {matched_nodules} of {truth_nodules}");
     assert!(truth_nodules > 0);
+    // The segmenter's candidate reviewer ran on the device for the CT (its stage is timed).
+    let text = metrics_text(&server);
+    let reviews: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("radserve_stage_duration_seconds_count{")
+                && l.contains("model=\"ct-lung-nodule\"")
+                && l.contains("stage=\"candidate_review\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(reviews >= 1.0, "no candidate review in /metrics:\n{text}");
     assert!(
         matched_nodules * 2 >= truth_nodules,
         "the demo segmenter finds {matched_nodules} of {truth_nodules} nodules ≥ 6 mm (card: sensitivity 0.82)"

@@ -8,6 +8,7 @@ use super::{ModelConfig, ModelsError};
 
 /// One file of an embedded package.
 struct EmbeddedFile {
+    /// Path inside the package directory (`/`-separated).
     name: &'static str,
     bytes: &'static [u8],
 }
@@ -45,6 +46,25 @@ const PACKAGES: &[(&str, &[EmbeddedFile])] = &[
             EmbeddedFile {
                 name: "MODEL_CARD.md",
                 bytes: include_bytes!("../../../models/zoo/ct-lung-nodule/MODEL_CARD.md"),
+            },
+            // The segmenter's candidate reviewer, a package of its own inside it.
+            EmbeddedFile {
+                name: "candidate-filter/model.toml",
+                bytes: include_bytes!(
+                    "../../../models/zoo/ct-lung-nodule/candidate-filter/model.toml"
+                ),
+            },
+            EmbeddedFile {
+                name: "candidate-filter/weights.bpk",
+                bytes: include_bytes!(
+                    "../../../models/zoo/ct-lung-nodule/candidate-filter/weights.bpk"
+                ),
+            },
+            EmbeddedFile {
+                name: "candidate-filter/MODEL_CARD.md",
+                bytes: include_bytes!(
+                    "../../../models/zoo/ct-lung-nodule/candidate-filter/MODEL_CARD.md"
+                ),
             },
         ],
     ),
@@ -86,4 +106,34 @@ pub fn install(root: &Path) -> Result<Vec<ModelConfig>, ModelsError> {
         });
     }
     Ok(configs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use radserve_models::package::ModelPackage;
+
+    #[test]
+    fn the_demo_packages_install_with_the_segmenters_reviewer() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let configs = install(root.path()).expect("install");
+        assert_eq!(configs.len(), PACKAGES.len());
+        let segmenter = ModelPackage::open(root.path().join("ct-lung-nodule")).expect("opens");
+        let (reviewer, _) = segmenter
+            .candidate_filter()
+            .expect("the reviewer opens")
+            .expect("the segmenter names one");
+        reviewer
+            .read_verified_weights()
+            .expect("the reviewer's weights match their hash");
+        // A damaged file is put right by the next start.
+        let weights = root
+            .path()
+            .join("ct-lung-nodule/candidate-filter/weights.bpk");
+        std::fs::write(&weights, b"damaged").expect("damage");
+        install(root.path()).expect("install again");
+        reviewer
+            .read_verified_weights()
+            .expect("restored by the second install");
+    }
 }

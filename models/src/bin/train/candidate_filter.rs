@@ -457,7 +457,7 @@ pub(super) fn train_candidate_filter(args: &FilterArgs, command: &str) -> Result
     );
     manifest.metrics = BTreeMap::from([
         ("dice".to_string(), m.dice),
-            ("dice_all_voxels".to_string(), m.dice_all_voxels),
+        ("dice_all_voxels".to_string(), m.dice_all_voxels),
         ("sensitivity_6mm".to_string(), m.sensitivity),
         (
             "false_positives_per_scan".to_string(),
