@@ -83,7 +83,28 @@ fn ct_nodule_segmenter_meets_its_card() {
             .contains("not for clinical use")
     );
     let (seed, scans) = held_out(&model);
-    let m = evaluate::evaluate_segmenter(&model, seed, scans).expect("evaluation");
+    // As `evaluate::evaluate_segmenter` does, keeping the components for the reviewer's AUC.
+    let (segmented, overlap) = evaluate::segment_scans(&model, seed, scans).expect("evaluation");
+    let reviewer = model.candidate_filter().expect("the demo segmenter has a reviewer");
+    let m = evaluate::score_detection(
+        &segmented,
+        overlap.dice().unwrap_or(0.0),
+        &model.package.manifest.output.component_options(),
+        Some(reviewer.threshold()),
+    );
+    let (mut scores, mut hits) = (Vec::new(), Vec::new());
+    for scan in &segmented {
+        for (c, &score) in scan.components.iter().zip(&scan.review_scores) {
+            scores.push(score);
+            hits.push(scan.truth.iter().any(|n| evaluate::hits_nodule(c.center_mm, n)));
+        }
+    }
+    let auc = radserve_models::metrics::roc_auc(&scores, &hits).expect("both kinds of component");
+    let reviewer_card = reviewer.model.package.manifest.metrics["candidate_auc"];
+    assert!(
+        (auc - reviewer_card).abs() <= SAME_RUN,
+        "reviewer AUC: recomputed {auc}, card {reviewer_card}"
+    );
     for (key, value) in [
         ("dice", m.dice),
         ("dice_all_voxels", m.dice_all_voxels),
