@@ -234,6 +234,21 @@ pub fn orthogonal_patch(
     Ok(())
 }
 
+/// The reviewer's input for each of `centres` in `volume`, laid end to end.
+pub fn candidate_patches(
+    volume: MaskVolume<'_>,
+    centres: &[[f64; 3]],
+    patch: PatchSpec,
+    input: &InputSpec,
+) -> Result<Vec<f32>, CandidateError> {
+    let sampler = HuSampler::new(volume)?;
+    let mut patches = Vec::with_capacity(centres.len() * patch.len());
+    for &centre in centres {
+        orthogonal_patch(&sampler, centre, patch, input, &mut patches)?;
+    }
+    Ok(patches)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

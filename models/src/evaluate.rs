@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use burn::tensor::TensorData;
 use serde::Serialize;
 
-use crate::candidate_filter::{HuSampler, PatchSpec, orthogonal_patch};
+use crate::candidate_filter::candidate_patches;
 use crate::metrics::{Overlap, roc_auc};
 use crate::model::{LoadedModel, ModelError, Prediction};
-use crate::package::InputSpec;
 use crate::postprocess::{self, ComponentOptions, MaskVolume, SliceGeometry};
 use crate::preprocess::PreprocessError;
 use crate::synthetic;
@@ -165,8 +164,9 @@ impl SegmentedVolume {
     }
 }
 
-/// Runs the segmenter on every slice of `phantom` at the package's threshold, adding the
-/// voxel overlap with the truth to `overlap`.
+/// Runs the segmenter on every slice of `phantom` and masks it with the package's thresholds
+/// ([`crate::package::OutputSpec::mask_thresholds`]), adding the voxel overlap with the truth
+/// to `overlap`.
 pub fn segment_phantom(
     model: &LoadedModel,
     phantom: &dicom_samples::ct::CtPhantom,
@@ -174,10 +174,10 @@ pub fn segment_phantom(
 ) -> Result<SegmentedVolume, EvaluateError> {
     let manifest = &model.package.manifest;
     let [target_rows, target_columns] = manifest.input.target_size;
-    let threshold = manifest.output.labels.first().map_or(0.5, |l| l.threshold) as f32;
+    let (detect, outline) = manifest.output.mask_thresholds();
     let g = &phantom.geometry;
     let (rows, columns) = (g.rows as usize, g.columns as usize);
-    let mut mask = Vec::with_capacity(rows * columns * g.slices);
+    let mut probability = Vec::with_capacity(rows * columns * g.slices);
     let mut hu = Vec::with_capacity(rows * columns * g.slices);
     let mut truth_mask = Vec::with_capacity(rows * columns * g.slices);
     let indices: Vec<usize> = (0..g.slices).collect();
@@ -194,16 +194,22 @@ pub fn segment_phantom(
         for (i, &index) in chunk.iter().enumerate() {
             let plane =
                 &values[i * target_rows * target_columns..(i + 1) * target_rows * target_columns];
-            let full = crate::preprocess::resize(plane, target_rows, target_columns, rows, columns);
-            let predicted: Vec<bool> = full.iter().map(|&p| p >= threshold).collect();
-            let truth_plane = phantom.nodule_mask(index);
-            let truth: Vec<bool> = truth_plane.iter().map(|&m| m > 0).collect();
-            overlap.add(&predicted, &truth);
-            mask.extend(predicted.iter().map(|&m| u8::from(m)));
-            truth_mask.extend(truth.iter().map(|&t| u8::from(t)));
+            probability.extend(crate::preprocess::resize(
+                plane,
+                target_rows,
+                target_columns,
+                rows,
+                columns,
+            ));
+            truth_mask.extend(phantom.nodule_mask(index).iter().map(|&m| u8::from(m > 0)));
             hu.extend(phantom.render_slice_hu(index));
         }
     }
+    let mask =
+        postprocess::two_threshold_mask(rows, columns, g.slices, &probability, detect, outline)?;
+    let predicted: Vec<bool> = mask.iter().map(|&m| m > 0).collect();
+    let truth: Vec<bool> = truth_mask.iter().map(|&t| t > 0).collect();
+    overlap.add(&predicted, &truth);
     let geometry = (0..g.slices)
         .map(|i| SliceGeometry {
             position_mm: g.slice_position(i),
@@ -265,23 +271,6 @@ fn component_voxels(
         .collect())
 }
 
-/// The reviewer's input (`patch` sampled, then `input`'s intensity and normalisation) for
-/// each of `centres` in `volume`, laid end to end.
-pub fn candidate_patches(
-    patch: PatchSpec,
-    input: &InputSpec,
-    volume: MaskVolume<'_>,
-    centres: &[[f64; 3]],
-) -> Result<Vec<f32>, EvaluateError> {
-    let sampler = HuSampler::new(volume).map_err(|e| EvaluateError::Data(e.to_string()))?;
-    let mut patches = Vec::with_capacity(centres.len() * patch.len());
-    for &centre in centres {
-        orthogonal_patch(&sampler, centre, patch, input, &mut patches)
-            .map_err(|e| EvaluateError::Data(e.to_string()))?;
-    }
-    Ok(patches)
-}
-
 /// The segmenter's components and the truth of `scans` phantoms from `seed`, and the voxel
 /// overlap of its masks with the truth.
 pub fn segment_scans(
@@ -312,7 +301,8 @@ pub fn segment_scans(
             Some(filter) => {
                 let centres: Vec<[f64; 3]> = components.iter().map(|c| c.center_mm).collect();
                 let input = &filter.model.package.manifest.input;
-                let patches = candidate_patches(filter.patch, input, volume.volume(), &centres)?;
+                let patches = candidate_patches(volume.volume(), &centres, filter.patch, input)
+                    .map_err(|e| EvaluateError::Data(e.to_string()))?;
                 filter.score(&patches, centres.len())?
             }
             None => Vec::new(),

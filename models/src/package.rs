@@ -107,6 +107,11 @@ pub struct OutputSpec {
     /// [`crate::candidate_filter`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate_filter: Option<CandidateFilterSpec>,
+    /// Segmentation: components are found at the label's threshold and drawn (and measured)
+    /// by their voxels at or above this one; a component with none keeps all its voxels
+    /// ([`crate::postprocess::two_threshold_mask`]). Absent: the label's threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outline_threshold: Option<f64>,
 }
 
 /// Where a segmentation package's candidate reviewer is and how its patches are sampled.
@@ -123,6 +128,15 @@ pub struct CandidateFilterSpec {
 pub const DEFAULT_MIN_COMPONENT_VOLUME_MM3: f64 = 10.0;
 
 impl OutputSpec {
+    /// Segmentation: the thresholds that find components and that draw them.
+    pub fn mask_thresholds(&self) -> (f32, f32) {
+        let detect = self.labels.first().map_or(0.5, |l| l.threshold);
+        (
+            detect as f32,
+            self.outline_threshold.unwrap_or(detect) as f32,
+        )
+    }
+
     /// The component rules in force: the package's, else the default minimum volume.
     pub fn component_options(&self) -> crate::postprocess::ComponentOptions {
         self.components
@@ -391,6 +405,14 @@ fn validate(manifest: &Manifest, path: &Path) -> Result<(), PackageError> {
         }
         c.validate()
             .map_err(|e| spec(format!("output.components: {e}")))?;
+    }
+    if let Some(outline) = manifest.output.outline_threshold {
+        let detect = labels.first().map_or(0.0, |l| l.threshold);
+        if manifest.output.kind != OutputTask::Segmentation || !(detect..=1.0).contains(&outline) {
+            return Err(spec(format!(
+                "output.outline_threshold {outline}: segmentation only, between the label's threshold ({detect}) and 1"
+            )));
+        }
     }
     if let Some(filter) = &manifest.output.candidate_filter {
         if manifest.output.kind != OutputTask::Segmentation {

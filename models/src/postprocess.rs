@@ -286,6 +286,40 @@ pub fn label_components_3d(
     label_planes(rows, columns, &planes)
 }
 
+/// The mask a segmenter's probabilities give with two thresholds: components are found at
+/// `detect` (a low threshold finds faint nodules), and each is drawn by its voxels at or above
+/// `outline` (so a clear nodule is measured as at the usual threshold, not swollen by the low
+/// one); a component with no voxel at `outline` keeps all of its voxels. With `outline ≤
+/// detect` this is the plain mask at `detect`. Slices in order along the normal,
+/// `probability[(slice · rows + row) · columns + column]`.
+pub fn two_threshold_mask(
+    rows: usize,
+    columns: usize,
+    slices: usize,
+    probability: &[f32],
+    detect: f32,
+    outline: f32,
+) -> Result<Vec<u8>, PostprocessError> {
+    let voxels = checked_voxel_count(rows, columns, slices)?;
+    check_length("probability", voxels, probability.len())?;
+    let detected: Vec<u8> = probability.iter().map(|&p| u8::from(p >= detect)).collect();
+    if outline <= detect {
+        return Ok(detected);
+    }
+    let (labels, count) = label_components_3d(rows, columns, slices, &detected)?;
+    let mut has_core = vec![false; count as usize + 1];
+    for (&label, &p) in labels.iter().zip(probability) {
+        if label != 0 && p >= outline {
+            has_core[label as usize] = true;
+        }
+    }
+    Ok(labels
+        .iter()
+        .zip(probability)
+        .map(|(&label, &p)| u8::from(label != 0 && (p >= outline || !has_core[label as usize])))
+        .collect())
+}
+
 /// Finds the nodules in a segmented volume: its 26-connected components at least
 /// `options.min_volume_mm3` large, measured, largest volume first (ties: the component
 /// whose first voxel comes first along the normal leads).
@@ -1628,5 +1662,21 @@ mod tests {
             fully_checked >= 6,
             "only {fully_checked} nodules lay wholly in the scans"
         );
+    }
+
+    #[test]
+    fn two_thresholds_find_faint_components_and_outline_clear_ones_tightly() {
+        // One slice of 1×8, then copies: a clear blob (core 0.9, rim 0.3) at columns 0–2, a
+        // faint one (0.3 only) at columns 5–6.
+        let row = [0.3, 0.9, 0.3, 0.0, 0.0, 0.3, 0.3, 0.0];
+        let probability: Vec<f32> = row.iter().chain(&row).copied().collect();
+        let mask = two_threshold_mask(1, 8, 2, &probability, 0.2, 0.5).expect("mask");
+        let first = &mask[..8];
+        assert_eq!(first, &[0, 1, 0, 0, 0, 1, 1, 0]);
+        assert_eq!(&mask[8..], first);
+        // outline ≤ detect: the plain mask.
+        let plain = two_threshold_mask(1, 8, 2, &probability, 0.2, 0.2).expect("mask");
+        assert_eq!(&plain[..8], &[1, 1, 1, 0, 0, 1, 1, 0]);
+        assert!(two_threshold_mask(1, 8, 3, &probability, 0.2, 0.5).is_err());
     }
 }

@@ -85,7 +85,9 @@ fn ct_nodule_segmenter_meets_its_card() {
     let (seed, scans) = held_out(&model);
     // As `evaluate::evaluate_segmenter` does, keeping the components for the reviewer's AUC.
     let (segmented, overlap) = evaluate::segment_scans(&model, seed, scans).expect("evaluation");
-    let reviewer = model.candidate_filter().expect("the demo segmenter has a reviewer");
+    let reviewer = model
+        .candidate_filter()
+        .expect("the demo segmenter has a reviewer");
     let m = evaluate::score_detection(
         &segmented,
         overlap.dice().unwrap_or(0.0),
@@ -96,7 +98,11 @@ fn ct_nodule_segmenter_meets_its_card() {
     for scan in &segmented {
         for (c, &score) in scan.components.iter().zip(&scan.review_scores) {
             scores.push(score);
-            hits.push(scan.truth.iter().any(|n| evaluate::hits_nodule(c.center_mm, n)));
+            hits.push(
+                scan.truth
+                    .iter()
+                    .any(|n| evaluate::hits_nodule(c.center_mm, n)),
+            );
         }
     }
     let auc = radserve_models::metrics::roc_auc(&scores, &hits).expect("both kinds of component");
@@ -334,6 +340,18 @@ fn the_candidate_filter_is_checked_when_the_segmenter_loads() {
         let err = load_error(broken.path());
         assert!(err.to_string().contains(named), "{err}");
     }
+    // An outline threshold below the one that finds the components draws nothing new: refused.
+    let broken = broken_copy("ct-lung-nodule");
+    edit_manifest(
+        broken.path(),
+        "outline_threshold = 0.5",
+        "outline_threshold = 0.1",
+    );
+    let err = load_error(broken.path());
+    assert!(
+        err.to_string().contains("output.outline_threshold"),
+        "{err}"
+    );
     // A reviewer that is not a three-channel classifier is named, before its weights are read.
     let broken = broken_copy("ct-lung-nodule");
     let reviewer = broken.path().join("candidate-filter");

@@ -247,6 +247,8 @@ fn a_candidate_filter_is_trained_into_a_copy_of_the_segmenter() {
             "32",
             "--mask-threshold",
             "0.3",
+            "--outline-threshold",
+            "0.5",
             "--validation-studies",
             "1",
             "--eval-studies",
@@ -267,6 +269,7 @@ fn a_candidate_filter_is_trained_into_a_copy_of_the_segmenter() {
     // The segmenter itself is the one it was given, at the mask threshold asked for.
     assert_eq!(manifest.weights.sha256, base.manifest.weights.sha256);
     assert_eq!(manifest.output.labels[0].threshold, 0.3);
+    assert_eq!(manifest.output.outline_threshold, Some(0.5));
     let spec = manifest
         .output
         .candidate_filter
@@ -323,5 +326,17 @@ fn a_candidate_filter_needs_a_segmenter_and_distinct_seeds() {
             "1000003",
         ],
         &["must differ"],
+    );
+    refused(
+        "ct-candidate-filter",
+        &[
+            "--segmenter",
+            demo_segmenter().to_str().expect("utf-8 path"),
+            "--mask-threshold",
+            "0.4",
+            "--outline-threshold",
+            "0.2",
+        ],
+        &["--outline-threshold must lie between"],
     );
 }

@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use radserve_models::candidate_filter::{
-    CandidateError, HuSampler, MAX_CANDIDATES, orthogonal_patch,
-};
+use radserve_models::candidate_filter::{MAX_CANDIDATES, candidate_patches};
 use radserve_models::package::{Manifest, OutputTask};
 use radserve_models::postprocess::{self, MaskVolume, SliceGeometry};
 use radserve_models::preprocess::resize;
@@ -334,6 +332,7 @@ impl SegmentedSeries {
             AnalysisError::Transient("the segmentation model has no label".into())
         })?;
         let threshold = label.threshold as f32;
+        let (detect, outline) = manifest.output.mask_thresholds();
         let [target_rows, target_columns] = manifest.input.target_size;
         let (rows, columns) = (images[0].rows, images[0].columns);
         let mut geometry = Vec::with_capacity(images.len());
@@ -359,7 +358,6 @@ impl SegmentedSeries {
             dot(geometry[a].position_mm, normal).total_cmp(&dot(geometry[b].position_mm, normal))
         });
         let plane = rows * columns;
-        let mut mask = Vec::with_capacity(plane * images.len());
         let mut probability = Vec::with_capacity(plane * images.len());
         let mut hu = Vec::with_capacity(plane * images.len());
         for &i in &order {
@@ -377,10 +375,20 @@ impl SegmentedSeries {
                 rows,
                 columns,
             );
-            mask.extend(full.iter().map(|&p| u8::from(p >= threshold)));
             probability.extend_from_slice(&full);
             hu.extend_from_slice(&images[i].values);
         }
+        let unsuitable =
+            |e: postprocess::PostprocessError| AnalysisError::Unsuitable(e.to_string());
+        let mask = postprocess::two_threshold_mask(
+            rows,
+            columns,
+            order.len(),
+            &probability,
+            detect,
+            outline,
+        )
+        .map_err(unsuitable)?;
         let sorted_geometry: Vec<SliceGeometry> = order.iter().map(|&i| geometry[i]).collect();
         let volume = MaskVolume {
             rows,
@@ -389,8 +397,6 @@ impl SegmentedSeries {
             mask: &mask,
             hu: &hu,
         };
-        let unsuitable =
-            |e: postprocess::PostprocessError| AnalysisError::Unsuitable(e.to_string());
         let nodules = postprocess::measure_nodules(&volume, &manifest.output.component_options())
             .map_err(unsuitable)?;
         if nodules.len() > MAX_CANDIDATES {
@@ -451,28 +457,16 @@ impl SegmentedSeries {
 
     /// The candidate reviewer's input for every nodule, laid end to end.
     fn candidate_patches(&self, review: &CandidateReview) -> Result<Vec<f32>, AnalysisError> {
-        let mask = vec![0u8; 0];
         let volume = MaskVolume {
             rows: self.rows,
             columns: self.columns,
             slices: &self.sorted_geometry,
-            mask: &mask,
+            mask: &[],
             hu: &self.hu,
         };
-        let unsuitable = |e: CandidateError| AnalysisError::Unsuitable(e.to_string());
-        let sampler = HuSampler::new(volume).map_err(unsuitable)?;
-        let mut patches = Vec::with_capacity(self.nodules.len() * review.patch.len());
-        for nodule in &self.nodules {
-            orthogonal_patch(
-                &sampler,
-                nodule.center_mm,
-                review.patch,
-                &review.input,
-                &mut patches,
-            )
-            .map_err(unsuitable)?;
-        }
-        Ok(patches)
+        let centres: Vec<[f64; 3]> = self.nodules.iter().map(|n| n.center_mm).collect();
+        candidate_patches(volume, &centres, review.patch, &review.input)
+            .map_err(|e| AnalysisError::Unsuitable(e.to_string()))
     }
 
     /// The findings and mask frames of the nodules kept: all of them, or with `reviewed`

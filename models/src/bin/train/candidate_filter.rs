@@ -8,10 +8,10 @@
 //! three-plane patches; choose its threshold on validation scans; write the package and
 //! measure it, reviewer included, on the held-out scans.
 
-use radserve_models::candidate_filter::{PATCH_PLANES, PatchSpec};
+use radserve_models::candidate_filter::{PATCH_PLANES, PatchSpec, candidate_patches};
 use radserve_models::evaluate::{
-    DETECTION_MIN_DIAMETER_MM, SegmentedScan, candidate_patches, hits_nodule, score_detection,
-    segment_phantom, segment_scans,
+    DETECTION_MIN_DIAMETER_MM, SegmentedScan, hits_nodule, score_detection, segment_phantom,
+    segment_scans,
 };
 use radserve_models::metrics::Overlap;
 use radserve_models::package::CandidateFilterSpec;
@@ -51,6 +51,11 @@ pub(super) struct FilterArgs {
     /// nodules and more false candidates for the reviewer to sort out. Default: the package's.
     #[arg(long)]
     mask_threshold: Option<f64>,
+    /// The threshold that draws and measures each component found at `--mask-threshold`
+    /// (its voxels at or above it; a component with none keeps all), in the written package
+    /// too. Default: the package's.
+    #[arg(long)]
+    outline_threshold: Option<f64>,
     /// Samples along each edge of a patch plane.
     #[arg(long, default_value_t = 48)]
     patch_edge: usize,
@@ -65,8 +70,9 @@ pub(super) struct FilterArgs {
     validation_seed: u64,
     #[arg(long, default_value_t = 8)]
     validation_studies: usize,
-    /// The reviewer's threshold. Default: the highest of 0.05, 0.1, 0.2, …, 0.8 that keeps
-    /// every validation nodule ≥ 6 mm the segmenter found.
+    /// The reviewer's threshold. Default: of 0.05, 0.1, 0.2, …, 0.8, those that keep every
+    /// validation nodule ≥ 6 mm the segmenter found, the lowest with the fewest false
+    /// positives.
     #[arg(long)]
     review_threshold: Option<f64>,
     /// Seed of the held-out scans the package is measured on.
@@ -141,10 +147,10 @@ fn training_candidates(
         }
         let points: Vec<[f64; 3]> = centres.iter().map(|c| c.0).collect();
         out.patches.extend(candidate_patches(
-            patch,
-            input,
             segmented.volume(),
             &points,
+            patch,
+            input,
         )?);
         out.labels.extend(centres.iter().map(|c| c.1));
         bar.inc(1);
@@ -288,13 +294,15 @@ fn filter_manifest(
             }],
             components: None,
             candidate_filter: None,
+            outline_threshold: None,
         },
         training: TrainingInfo {
             data: format!(
-                "components the {} {} segmenter (mask threshold {}) found in {} synthetic chest CTs from dicom-samples, seed {} (scan seeds from {}), labelled by whether they hit a true nodule, {} jittered copies each; and {} patches around each true nodule; flips and transposes at random; threshold chosen on {} scans of seed {}",
+                "components the {} {} segmenter (mask threshold {}, outline threshold {}) found in {} synthetic chest CTs from dicom-samples, seed {} (scan seeds from {}), labelled by whether they hit a true nodule, {} jittered copies each; and {} patches around each true nodule; flips and transposes at random; threshold chosen on {} scans of seed {}",
                 segmenter.model.name,
                 segmenter.model.version,
                 segmenter.output.labels.first().map_or(0.5, |l| l.threshold),
+                segmenter.output.mask_thresholds().1,
                 args.studies,
                 args.seed,
                 args.seed * 10_000 + 1,
@@ -321,7 +329,10 @@ fn filter_manifest(
 }
 
 /// Sensitivity and false positives per scan of the validation scans at each threshold of
-/// the grid, printed; returns the highest that loses no nodule the candidates hit.
+/// the grid, printed; returns the lowest threshold that loses no nodule the candidates hit
+/// and has the fewest false positives among those that do not (the lowest, since a reviewer
+/// that is sure of a false component is sure well below the top of the grid, while a faint
+/// nodule's score can sit in the middle).
 fn choose_threshold(scans: &[SegmentedScan], options: &postprocess::ComponentOptions) -> f64 {
     let unfiltered = score_detection(scans, 0.0, options, None);
     println!(
@@ -332,18 +343,20 @@ fn choose_threshold(scans: &[SegmentedScan], options: &postprocess::ComponentOpt
         unfiltered.false_positives_per_scan
     );
     println!("| review threshold | sensitivity | false positives per scan |\n|---:|---:|---:|");
-    let mut chosen = THRESHOLD_GRID[0];
+    let mut chosen: Option<(f64, f64)> = None;
     for threshold in THRESHOLD_GRID {
         let m = score_detection(scans, 0.0, options, Some(threshold));
         println!(
             "| {threshold} | {:.3} | {:.2} |",
             m.sensitivity, m.false_positives_per_scan
         );
-        if m.sensitivity >= unfiltered.sensitivity {
-            chosen = threshold;
+        let keeps_all = m.sensitivity >= unfiltered.sensitivity;
+        let fewer = chosen.is_none_or(|(_, fp)| m.false_positives_per_scan < fp);
+        if keeps_all && fewer {
+            chosen = Some((threshold, m.false_positives_per_scan));
         }
     }
-    chosen
+    chosen.map_or(THRESHOLD_GRID[0], |(threshold, _)| threshold)
 }
 
 /// Writes `manifest` and its card beside weights already in `directory`.
@@ -393,6 +406,18 @@ pub(super) fn train_candidate_filter(args: &FilterArgs, command: &str) -> Result
         for label in &mut source.manifest.output.labels {
             label.threshold = threshold;
         }
+    }
+    if let Some(outline) = args.outline_threshold {
+        let detect = source
+            .manifest
+            .output
+            .labels
+            .first()
+            .map_or(0.0, |l| l.threshold);
+        if !(detect..=1.0).contains(&outline) {
+            bail!("--outline-threshold must lie between the mask threshold ({detect}) and 1");
+        }
+        source.manifest.output.outline_threshold = Some(outline);
     }
     let segmenter = LoadedModel::load(source.clone(), &Device::flex(), &[])?;
     let input = filter_input(&source.manifest, args.patch_edge);

@@ -353,6 +353,11 @@ fn model_card(manifest: &Manifest, weights_bytes: usize) -> String {
             c.min_volume_mm3, c.min_lung_border_fraction, c.min_through_plane_ratio
         );
     }
+    if let Some(outline) = manifest.output.outline_threshold {
+        card += &format!(
+            "\nComponents are found at the label's threshold and drawn and measured by their voxels at probability ≥ {outline} (all of them when none reaches it; `output.outline_threshold`).\n"
+        );
+    }
     if let Some(filter) = &manifest.output.candidate_filter {
         card += &format!(
             "\nEach kept component is then reviewed by the classifier in `{}/` (its own model card): three orthogonal planes through the component's centre, samples {} mm apart; components it scores below its threshold are dropped (`[output.candidate_filter]`).\n",
@@ -437,6 +442,7 @@ fn classifier_manifest(args: &TrainArgs, command: &str, studies: usize, eval: us
         },
         output: OutputSpec {
             candidate_filter: None,
+            outline_threshold: None,
             kind: OutputTask::MultiLabel,
             labels: vec![
                 label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure")),
@@ -842,6 +848,7 @@ fn segmenter_manifest(
         },
         output: OutputSpec {
             candidate_filter: None,
+            outline_threshold: None,
             kind: OutputTask::Segmentation,
             labels: vec![label("nodule", "786838002", "Pulmonary nodule", ("39607008", "Lung structure"))],
             // Rules only when asked for (MODEL_CARD.md says which were chosen and why).
