@@ -13,7 +13,7 @@
 //! output), whose label threshold decides which components stay.
 
 use crate::package::{InputSpec, Intensity};
-use crate::postprocess::{MaskVolume, SliceGeometry};
+use crate::postprocess::{MaskVolume, SliceGeometry, cross, dot};
 
 /// The three planes of a patch, in channel order.
 pub const PATCH_PLANES: usize = 3;
@@ -80,18 +80,6 @@ impl PatchSpec {
     pub fn is_empty(&self) -> bool {
         self.edge == 0
     }
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
 }
 
 /// Samples a volume's Hounsfield units at points in patient coordinates. The slices must

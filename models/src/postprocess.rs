@@ -822,11 +822,14 @@ fn longest_chord_mm(hull: &[[i64; 2]], pixel_spacing_mm: [f64; 2]) -> f64 {
     centre_distance + one_pixel
 }
 
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+/// The dot product of two patient-space vectors.
+pub fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+/// The cross product of two patient-space vectors (a slice's normal from its row and column
+/// directions).
+pub fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [
         a[1] * b[2] - a[2] * b[1],
         a[2] * b[0] - a[0] * b[2],

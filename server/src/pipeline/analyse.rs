@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use radserve_models::candidate_filter::{MAX_CANDIDATES, candidate_patches};
 use radserve_models::package::{Manifest, OutputTask};
-use radserve_models::postprocess::{self, MaskVolume, SliceGeometry};
+use radserve_models::postprocess::{self, MaskVolume, SliceGeometry, cross, dot};
 use radserve_models::preprocess::resize;
 use serde::Serialize;
 
@@ -244,6 +244,29 @@ fn tracking_uid(images: &[DecodedImage], model: &str, index: usize) -> String {
     crate::pipeline::derived_uid(&["tracking", first, model, &index.to_string()])
 }
 
+/// The `n`th finding of this analysis for `label`, without measurements, location or source
+/// instances (the caller adds what its output kind has).
+fn labelled_finding(
+    manifest: &Manifest,
+    label: &radserve_models::package::LabelSpec,
+    probability: f64,
+    images: &[DecodedImage],
+    n: usize,
+) -> Finding {
+    Finding {
+        label: label.name.clone(),
+        code: label.code.clone(),
+        finding_site: label.finding_site.clone(),
+        probability,
+        tracking_id: format!("{} {}", label.name, n + 1),
+        tracking_uid: tracking_uid(images, &manifest.model.name, n),
+        measurements: Vec::new(),
+        center_mm: None,
+        source_instances: Vec::new(),
+        segment_number: None,
+    }
+}
+
 fn classifications(
     manifest: &Manifest,
     images: &[DecodedImage],
@@ -257,16 +280,8 @@ fn classifications(
             let n = findings.len();
             findings.push(AnalysedFinding {
                 finding: Finding {
-                    label: label.name.clone(),
-                    code: label.code.clone(),
-                    finding_site: label.finding_site.clone(),
-                    probability,
-                    tracking_id: format!("{} {}", label.name, n + 1),
-                    tracking_uid: tracking_uid(images, &manifest.model.name, n),
-                    measurements: Vec::new(),
-                    center_mm: None,
                     source_instances: vec![image.sop_instance_uid.clone()],
-                    segment_number: None,
+                    ..labelled_finding(manifest, label, probability, images, n)
                 },
                 positive: probability >= label.threshold,
                 location: serde_json::Value::Null,
@@ -290,18 +305,6 @@ fn concept(scheme: &str, value: &str, meaning: &str) -> CodedConcept {
         value: value.into(),
         meaning: meaning.into(),
     }
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
 }
 
 /// A CT series as the segmenter masked it: slices sorted along the normal, the mask's 3D
@@ -526,12 +529,6 @@ impl SegmentedSeries {
                 .collect();
             findings.push(AnalysedFinding {
                 finding: Finding {
-                    label: label.name.clone(),
-                    code: label.code.clone(),
-                    finding_site: label.finding_site.clone(),
-                    probability,
-                    tracking_id: format!("{} {}", label.name, n + 1),
-                    tracking_uid: tracking_uid(images, &manifest.model.name, n),
                     measurements: vec![
                         Measurement {
                             concept: concept("SCT", "81827009", "Diameter"),
@@ -552,6 +549,7 @@ impl SegmentedSeries {
                     center_mm: Some(nodule.center_mm),
                     source_instances: sources,
                     segment_number: Some(1),
+                    ..labelled_finding(manifest, label, probability, images, n)
                 },
                 positive: true,
                 location: serde_json::json!({

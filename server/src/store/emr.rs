@@ -76,7 +76,7 @@ impl EmrStore {
     ) -> Result<UpsertCounts, StoreError> {
         let mut counts = UpsertCounts::default();
         let at = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::index::begin_write(&self.pool).await?;
         for (id, record) in records {
             let body = serde_json::to_string(record)
                 .map_err(|e| StoreError::Index(format!("encoding an EMR record: {e}")))?;
@@ -206,7 +206,7 @@ impl EmrStore {
         outcomes: &[(String, JoinOutcome)],
     ) -> Result<(), StoreError> {
         let at = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::index::begin_write(&self.pool).await?;
         for (study, outcome) in outcomes {
             let (state, link, reason, candidates): (
                 &str,

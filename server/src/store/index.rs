@@ -553,8 +553,10 @@ async fn upsert_hierarchy(tx: &mut Tx, a: &InstanceAttributes) -> Result<i64, sq
     Ok(series)
 }
 
-/// A write transaction: `BEGIN IMMEDIATE` (see the module documentation).
-async fn begin_write(pool: &SqlitePool) -> Result<Tx, sqlx::Error> {
+/// A write transaction: `BEGIN IMMEDIATE` (see the module documentation). Every store's
+/// transaction that writes starts here: a deferred one that reads first fails at once with
+/// "database is locked" when another writer got there in between.
+pub(crate) async fn begin_write(pool: &SqlitePool) -> Result<Tx, sqlx::Error> {
     pool.begin_with("BEGIN IMMEDIATE").await
 }
 

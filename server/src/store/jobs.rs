@@ -314,7 +314,7 @@ impl JobStore {
         through: i64,
         jobs: &[NewJob],
     ) -> Result<Option<Vec<i64>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::index::begin_write(&self.pool).await?;
         let marked = sqlx::query(
             "UPDATE study_activity SET routed_instance_id = last_instance_id, process_requested = 0 \
              WHERE study_instance_uid = ? AND last_instance_id = ? AND routed_instance_id < last_instance_id",
@@ -440,7 +440,7 @@ impl JobStore {
         completion: &Completion<'_>,
     ) -> Result<bool, StoreError> {
         let at = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::index::begin_write(&self.pool).await?;
         let marked = sqlx::query(
             "UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL, lease_until = NULL, \
              last_error = NULL, timings = ?, sr_sop_instance_uid = ?, seg_sop_instance_uid = ? \

@@ -103,7 +103,7 @@ impl OutboxStore {
     /// Makes `names` the configured destinations: jobs finishing from now on are queued
     /// for each of them (and for no other).
     pub async fn set_destinations(&self, names: &[&str]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::index::begin_write(&self.pool).await?;
         sqlx::query("DELETE FROM emr_destinations")
             .execute(&mut *tx)
             .await?;
